@@ -1,0 +1,155 @@
+"""A decoded-array cache on disk: build once, then load memory-mapped in well under a second.
+
+A cache file is a ``torch.save`` of ``{"key": <json string>, name: tensor, ...}``. The ``key``
+records everything that makes the cached arrays valid (loader name and version, image size, a
+fingerprint of the source files); a file whose key differs, or that cannot be read, is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+__all__ = ["cache_dir_for", "cached_arrays", "default_cache_dir", "source_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+_KEY = "key"
+
+
+def default_cache_dir() -> Path:
+    """``$FEWSHOT_CACHE`` if set, else ``~/.cache/fewshot``."""
+    env = os.environ.get("FEWSHOT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fewshot"
+
+
+def cache_dir_for(root: Path | None, cache_dir: Path | None = None) -> Path:
+    """Where to cache arrays decoded from ``root``.
+
+    An explicit ``cache_dir`` wins. Otherwise ``<root>/.fewshot_cache`` ("next to the data") when
+    ``root`` is a writable folder, else :func:`default_cache_dir`. A folder whose mode has no write
+    bit counts as read-only even for root, so shared read-only data is never written into.
+    """
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if root is not None:
+        beside = Path(root) / ".fewshot_cache"
+        if _writable(beside) or (not beside.exists() and _writable(Path(root))):
+            return beside
+    return default_cache_dir()
+
+
+def _writable(folder: Path) -> bool:
+    """A folder we may write: accessible, and not marked read-only (no write bit), which even root respects."""
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def source_fingerprint(paths: Iterable[Path]) -> str:
+    """A cheap fingerprint of source files: sha256 over (name, size, mtime_ns) of each file.
+
+    File contents are not read, so this costs one ``stat`` per file. Names are made relative to
+    the files' common parent folder (so moving the whole data folder keeps the fingerprint) and
+    sorted (so the order of ``paths`` does not matter). A file that is replaced, grows, shrinks
+    or is touched changes the fingerprint.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    paths = [Path(p).resolve() for p in paths]
+    if not paths:
+        return hashlib.sha256(b"").hexdigest()
+    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(common).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _key_string(key: dict[str, object]) -> str:
+    try:
+        return json.dumps(key, sort_keys=True, separators=(",", ":"))
+    except TypeError as err:
+        raise TypeError(f"cache key must be JSON-serialisable (str, int, float, bool, list, dict): {err}") from err
+
+
+def _load_if_valid(path: Path, key_string: str) -> dict[str, torch.Tensor] | None:
+    """The cached tensors if ``path`` holds a readable cache for ``key_string``; else None."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except Exception as err:  # any unreadable file is rebuilt, with a warning
+        logger.warning("cache %s is unreadable (%s: %s); rebuilding it", path, type(err).__name__, err)
+        return None
+    if not isinstance(stored, dict) or stored.get(_KEY) != key_string:
+        logger.warning("cache %s was built from other sources or settings; rebuilding it", path)
+        return None
+    tensors = {name: value for name, value in stored.items() if name != _KEY}
+    if not all(isinstance(value, torch.Tensor) for value in tensors.values()):
+        logger.warning("cache %s holds non-tensor entries; rebuilding it", path)
+        return None
+    return tensors
+
+
+def _write_atomic(path: Path, payload: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; give the usual mode of a new file
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def cached_arrays(
+    path: Path,
+    *,
+    key: dict[str, object],
+    build: Callable[[], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Load the tensors cached at ``path``, or build and cache them.
+
+    If ``path`` exists and its stored key equals ``key``, its tensors are loaded memory-mapped
+    (``torch.load(mmap=True, weights_only=True)``): nothing is decoded and pages are read on
+    demand. Otherwise ``build()`` is called and its result written atomically (a temporary file
+    in the same folder, fsync, ``os.replace``), so a crash never leaves a half-written cache.
+    A stale or corrupt file is rebuilt with a logged warning, never trusted. If ``build()``
+    raises, the exception propagates and nothing is written.
+
+    Args:
+        path: the cache file, e.g. ``<root>/.fewshot_cache/omniglot-28.pt``.
+        key: JSON-serialisable description of what the arrays depend on (loader name and
+            version, image size, :func:`source_fingerprint` of the sources).
+        build: returns the arrays, e.g. ``{"images": (N, C, H, W) uint8, "labels": (N,) int64}``.
+
+    Returns:
+        The tensors by name (memory-mapped when loaded from disk; as built otherwise).
+    """
+    path = Path(path)
+    key_string = _key_string(key)
+    cached = _load_if_valid(path, key_string)
+    if cached is not None:
+        return cached
+    tensors = build()
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise TypeError("build() must return a dict of str -> torch.Tensor")
+    if _KEY in tensors:
+        raise ValueError(f"build() must not return an array named {_KEY!r}: that name holds the cache key")
+    try:
+        _write_atomic(path, {_KEY: key_string, **tensors})
+    except OSError as err:
+        logger.warning("could not write cache %s (%s); continuing without it", path, err)
+    return tensors

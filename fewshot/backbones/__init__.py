@@ -1,0 +1,30 @@
+"""Feature extractors for few-shot learning: a registry, pretrained weights, freezing policies."""
+
+from fewshot.backbones.conv4 import Conv4
+from fewshot.backbones.freeze import apply_freeze, param_groups
+from fewshot.backbones.interop import TimmBackbone, TorchvisionBackbone
+from fewshot.backbones.registry import create_backbone, list_backbones
+from fewshot.backbones.resnet import ResNet, ResNet18, ResNet50
+from fewshot.backbones.resnet12 import DropBlock, ResNet12
+from fewshot.backbones.spec import BackboneSpec
+from fewshot.backbones.weights import LoadReport, load_backbone, load_pretrained, save_backbone
+
+__all__ = [
+    "BackboneSpec",
+    "Conv4",
+    "DropBlock",
+    "LoadReport",
+    "ResNet",
+    "ResNet12",
+    "ResNet18",
+    "ResNet50",
+    "TimmBackbone",
+    "TorchvisionBackbone",
+    "apply_freeze",
+    "create_backbone",
+    "list_backbones",
+    "load_backbone",
+    "load_pretrained",
+    "param_groups",
+    "save_backbone",
+]

@@ -1,0 +1,65 @@
+"""The four-block convolutional backbone of Matching Networks, Prototypical Networks and MAML."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot.backbones.spec import BackboneSpec, as_size, default_spec
+
+
+class Conv4(nn.Module):
+    """Conv4: four blocks of conv3x3(hidden, padding 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2), flattened.
+
+    Vinyals et al. 2016, "Matching Networks for One Shot Learning"; used by Snell et al. 2017
+    (Prototypical Networks) and Finn et al. 2017 (MAML).
+
+    The flattened feature size depends on the input size: every max-pool halves (and floors)
+    H and W, so ``feature_dim = hidden * (H // 16) * (W // 16)`` for sizes that stay even, e.g.
+    64 at 28x28 (28 -> 14 -> 7 -> 3 -> 1) and 1600 at 84x84 (84 -> 42 -> 21 -> 10 -> 5).
+
+    Args:
+        in_channels: C of the input images (1 for Omniglot, 3 for colour).
+        hidden: channels of every convolution.
+        input_size: H (= W) or (H, W) of the inputs; fixes ``feature_dim``.
+    """
+
+    def __init__(self, *, in_channels: int = 1, hidden: int = 64, input_size: int | tuple[int, int] = 28) -> None:
+        super().__init__()
+        if in_channels < 1 or hidden < 1:
+            raise ValueError(f"in_channels and hidden must be positive, got {in_channels} and {hidden}")
+        height, width = as_size(input_size)
+        for _ in range(4):
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(f"input_size {as_size(input_size)} is too small for Conv4's four 2x2 max-pools; "
+                             "use at least 16x16")
+        self.spec: BackboneSpec = default_spec(input_size, in_channels, imagenet=False)
+        self.feature_dim: int = hidden * height * width
+        self.stages: list[str] = ["block1", "block2", "block3", "block4"]
+        channels = in_channels
+        for name in self.stages:
+            self.add_module(name, nn.Sequential(
+                nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=False),
+                nn.MaxPool2d(2),
+            ))
+            channels = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of images.
+
+        Args:
+            x: (N, in_channels, H, W) float images of the size given at construction.
+        Returns:
+            (N, feature_dim) flattened features.
+        """
+        for name in self.stages:
+            x = getattr(self, name)(x)
+        x = x.flatten(1)
+        if x.shape[1] != self.feature_dim:
+            raise ValueError(f"Conv4 built for {self.spec.input_size} inputs (feature_dim {self.feature_dim}) "
+                             f"got an input giving {x.shape[1]} features; build it with input_size=(H, W) "
+                             "of your images")
+        return x

@@ -1,0 +1,62 @@
+"""A plain dict registry: ``create_backbone("conv4", hidden=32)``, ``create_backbone("timm:resnet18")``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from fewshot.backbones.conv4 import Conv4
+from fewshot.backbones.interop import TimmBackbone, TorchvisionBackbone
+from fewshot.backbones.resnet import ResNet18, ResNet50
+from fewshot.backbones.resnet12 import ResNet12
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "conv4": Conv4,
+    "resnet12": ResNet12,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+}
+# "<prefix>:<model>" names: the model name is passed to the wrapper as ``model_name``.
+_WRAPPERS: dict[str, Callable[..., nn.Module]] = {
+    "timm": TimmBackbone,
+    "torchvision": TorchvisionBackbone,
+}
+
+
+def list_backbones() -> list[str]:
+    """The registered names, plus the ``timm:<model>`` and ``torchvision:<model>`` patterns."""
+    return sorted(_BACKBONES) + [f"{prefix}:<model>" for prefix in sorted(_WRAPPERS)]
+
+
+def _accepted_keywords(builder: Callable[..., nn.Module]) -> list[str]:
+    params = inspect.signature(builder).parameters.values()
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def create_backbone(name: str, **kwargs: object) -> nn.Module:
+    """Build a backbone by name.
+
+    Args:
+        name: one of :func:`list_backbones` (``"conv4"``, ``"resnet12"``, ``"resnet18"``,
+            ``"resnet50"``), or ``"timm:<model>"`` / ``"torchvision:<model>"``.
+        **kwargs: the backbone's constructor keywords, checked against its signature.
+    Returns:
+        A module with ``feature_dim``, ``spec`` and ``stages`` whose forward maps
+        (N, C, H, W) images to (N, feature_dim) features.
+    Raises:
+        ValueError: unknown name. TypeError: a keyword the backbone does not accept.
+    """
+    prefix, sep, model_name = name.partition(":")
+    builder = _WRAPPERS.get(prefix) if sep else _BACKBONES.get(name)
+    if builder is None or (sep and not model_name):
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+    accepted = [k for k in _accepted_keywords(builder) if not (sep and k == "model_name")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"backbone {name!r} got unexpected keyword(s) {', '.join(unknown)}; "
+                        f"it accepts: {', '.join(accepted) or '(none)'}")
+    if sep:
+        return builder(model_name=model_name, **kwargs)
+    return builder(**kwargs)

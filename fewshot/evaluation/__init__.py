@@ -1,0 +1,35 @@
+"""Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
+
+from fewshot.evaluation.harness import Comparison, EpisodeSpec, EvaluationResult, LearnerResult, evaluate
+from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
+from fewshot.evaluation.report import (
+    collect_provenance,
+    csv_rows,
+    markdown_table,
+    plot_accuracy_vs_shots,
+    plot_learning_curve,
+    read_json,
+    write_csv,
+    write_json,
+    write_markdown,
+)
+
+__all__ = [
+    "Comparison",
+    "EpisodeSpec",
+    "EvaluationResult",
+    "LearnerResult",
+    "PairedComparison",
+    "collect_provenance",
+    "csv_rows",
+    "evaluate",
+    "markdown_table",
+    "mean_ci95",
+    "paired_comparison",
+    "plot_accuracy_vs_shots",
+    "plot_learning_curve",
+    "read_json",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+]

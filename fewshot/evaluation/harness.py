@@ -1,0 +1,265 @@
+"""Score every learner on the same fixed, seeded set of episodes.
+
+Episodes come from ``EpisodeSampler(dataset, n_way, n_shot, n_query, seed, num_episodes)``, so
+episode i is the same task for every learner, on any device, in any batch size. Embedding
+learners (ProtoNet, frozen-backbone fine-tuning) can embed each image once and be scored on
+the gathered features: the numbers equal those of :meth:`Learner.predict` on the images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from episodes import FewShotDataset
+from episodes.sampler import EpisodeSampler
+from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
+from fewshot.learners.base import EmbeddingLearner, Learner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which episodes were scored: ``episodes`` tasks of ``dataset`` drawn with ``seed``."""
+
+    dataset: str
+    n_way: int
+    n_shot: int
+    n_query: int
+    episodes: int
+    seed: int
+
+    @property
+    def setting(self) -> str:
+        """The column label of a results table, e.g. ``"5-way 1-shot"``."""
+        return f"{self.n_way}-way {self.n_shot}-shot"
+
+
+@dataclass(frozen=True, eq=False)
+class LearnerResult:
+    """One learner's scores.
+
+    Attributes:
+        name: the learner's key in the mapping given to :func:`evaluate`.
+        accuracies: (episodes,) float64 query accuracy of each episode, in [0, 1].
+        mean, ci95: mean accuracy and 95% half-width from :func:`mean_ci95`, in [0, 1].
+    """
+
+    name: str
+    accuracies: torch.Tensor
+    mean: float
+    ci95: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Learner ``learner_a`` against ``learner_b`` on the same episodes (difference a - b)."""
+
+    learner_a: str
+    learner_b: str
+    result: PairedComparison
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationResult:
+    """Every learner's scores on one episode set, and every pairwise comparison.
+
+    Attributes:
+        spec: the episode set.
+        learners: one result per learner, in the order they were given.
+        comparisons: every pair (a, b) with a before b in that order.
+        train_dataset: the dataset the learners were trained on (for cross-domain tables), or None.
+        test_dataset: the dataset the episodes came from.
+    """
+
+    spec: EpisodeSpec
+    learners: tuple[LearnerResult, ...]
+    comparisons: tuple[Comparison, ...]
+    train_dataset: str | None
+    test_dataset: str
+
+    def __getitem__(self, name: str) -> LearnerResult:
+        for result in self.learners:
+            if result.name == name:
+                return result
+        raise KeyError(f"no learner named {name!r}; have {[r.name for r in self.learners]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (per-episode accuracies as lists of floats)."""
+        return {
+            "spec": vars(self.spec).copy(),
+            "learners": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "accuracies": r.accuracies.tolist()}
+                         for r in self.learners],
+            "comparisons": [{"learner_a": c.learner_a, "learner_b": c.learner_b, **c.result.to_dict()}
+                            for c in self.comparisons],
+            "train_dataset": self.train_dataset,
+            "test_dataset": self.test_dataset,
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> EvaluationResult:
+        """Inverse of :meth:`to_dict`."""
+        comparisons = []
+        for entry in data["comparisons"]:
+            entry = dict(entry)
+            a, b = entry.pop("learner_a"), entry.pop("learner_b")
+            comparisons.append(Comparison(a, b, PairedComparison.from_dict(entry)))
+        return EvaluationResult(
+            spec=EpisodeSpec(**data["spec"]),
+            learners=tuple(LearnerResult(r["name"], torch.tensor(r["accuracies"], dtype=torch.float64),
+                                         float(r["mean"]), float(r["ci95"])) for r in data["learners"]),
+            comparisons=tuple(comparisons),
+            train_dataset=data["train_dataset"],
+            test_dataset=data["test_dataset"],
+        )
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _check_learners(learners: Mapping[str, Learner], device: torch.device) -> None:
+    if not learners:
+        raise ValueError("evaluate() needs at least one learner, e.g. {'protonet': ProtoNet(...)}")
+    for name, learner in learners.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"learner names must be non-empty strings, got {name!r}")
+        if not isinstance(learner, Learner):
+            raise TypeError(f"learner {name!r} is a {type(learner).__name__}, not a fewshot Learner")
+        for tensor in itertools.chain(learner.parameters(), learner.buffers()):
+            if not _same_device(tensor.device, device):
+                raise ValueError(f"learner {name!r} has tensors on {tensor.device} but evaluation runs on "
+                                 f"{device}; call learner.to({str(device)!r}) first or pass device=")
+
+
+def _accuracy(logits: torch.Tensor, query_y: torch.Tensor, n_way: int, name: str) -> torch.Tensor:
+    """(B, Q, n_way) logits and (B, Q) labels -> (B,) float64 accuracy on the CPU."""
+    if logits.shape != (*query_y.shape, n_way):
+        raise ValueError(f"learner {name!r} returned logits of shape {tuple(logits.shape)}; expected "
+                         f"(tasks, queries, n_way) = {(*query_y.shape, n_way)}")
+    correct = (logits.argmax(-1) == query_y).sum(-1)
+    return (correct.to(torch.float64) / query_y.shape[-1]).cpu()
+
+
+def _embed_rows(learner: EmbeddingLearner, dataset: FewShotDataset, rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(R,) row indices -> (R, D) features of those images, ``chunk`` images per forward pass."""
+    with torch.no_grad():
+        parts = [learner.embed(dataset.to_float(dataset.images[part])) for part in rows.split(chunk)]
+    return torch.cat(parts)
+
+
+def _evaluate_embedded(name: str, learner: EmbeddingLearner, dataset: FewShotDataset, sampler: EpisodeSampler,
+                       chunks: tuple[torch.Tensor, ...], *, n_way: int, n_shot: int, n_query: int,
+                       embed_chunk: int, bar: tqdm) -> torch.Tensor:
+    """Embed every image the episodes use once, then score each batch of episodes on features."""
+    device = dataset.images.device
+    all_ids = torch.cat(chunks).to(device)
+    support_idx, query_idx, _ = sampler.indices(all_ids)
+    rows = torch.unique(torch.cat([support_idx.flatten(), query_idx.flatten()]))
+    features = _embed_rows(learner, dataset, rows, embed_chunk)
+    support_local = torch.searchsorted(rows, support_idx.contiguous())
+    query_local = torch.searchsorted(rows, query_idx.contiguous())
+    support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
+    query_y = torch.arange(n_way, device=device).repeat_interleave(n_query)
+    scores, start = [], 0
+    for ids in chunks:
+        stop = start + len(ids)
+        b = len(ids)
+        logits = learner.predict_features(features[support_local[start:stop]], support_y.expand(b, -1),
+                                          features[query_local[start:stop]], n_way)
+        scores.append(_accuracy(logits, query_y.expand(b, -1), n_way, name))
+        bar.update(b)
+        start = stop
+    return torch.cat(scores)
+
+
+def evaluate(
+    learners: Mapping[str, Learner],
+    dataset: FewShotDataset,
+    *,
+    n_way: int,
+    n_shot: int,
+    n_query: int,
+    episodes: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    embed_once: bool = True,
+    embed_chunk: int = 1024,
+    train_dataset: str | None = None,
+    permutations: int = 10_000,
+) -> EvaluationResult:
+    """Score every learner on the same ``episodes`` seeded tasks of ``dataset``.
+
+    Learners are put in eval mode for the run and restored afterwards; their parameters are
+    never changed (each learner's ``predict`` handles its own gradients, e.g. MAML's inner loop).
+
+    Args:
+        learners: name -> learner, already on ``device``.
+        dataset: the test classes; moved to ``device`` for sampling.
+        n_way, n_shot, n_query: the task shape; queries are ``n_query`` per class.
+        episodes: number of tasks, episode ids ``0 .. episodes - 1`` of the sampler with ``seed``.
+        batch_size: tasks per ``predict`` call.
+        device: where sampling and scoring run.
+        progress: show a tqdm progress bar.
+        embed_once: score :class:`EmbeddingLearner` s on features of each image computed once
+            (same numbers as ``predict``, much faster); False calls ``predict`` on images.
+        embed_chunk: images per embedding forward pass when ``embed_once``.
+        train_dataset: name of the learners' training data, recorded for cross-domain tables.
+        permutations: random sign patterns of the permutation test of each pair (0 skips it).
+    Returns:
+        per-episode accuracies (float64, (episodes,)), mean and 95% CI per learner, and a paired
+        comparison of every pair of learners.
+    """
+    if episodes < 2:
+        raise ValueError(f"episodes must be >= 2 for a confidence interval, got {episodes}")
+    if batch_size < 1 or embed_chunk < 1:
+        raise ValueError(f"batch_size and embed_chunk must be >= 1, got {batch_size} and {embed_chunk}")
+    device = torch.device(device)
+    _check_learners(learners, device)
+    data = dataset.to(device)
+    sampler = EpisodeSampler(data, n_way=n_way, n_shot=n_shot, n_query=n_query, seed=seed, num_episodes=episodes)
+    chunks = torch.arange(episodes).split(batch_size)
+    embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
+    direct = {k: v for k, v in learners.items() if k not in embedded}
+    modes = {name: learner.training for name, learner in learners.items()}
+    accuracies: dict[str, torch.Tensor] = {}
+    bar = tqdm(total=episodes * len(learners), disable=not progress, unit="episode", desc=f"evaluate {data.name}")
+    try:
+        for learner in learners.values():
+            learner.eval()
+        for name, learner in embedded.items():
+            bar.set_postfix_str(name)
+            accuracies[name] = _evaluate_embedded(name, learner, data, sampler, chunks, n_way=n_way, n_shot=n_shot,
+                                                  n_query=n_query, embed_chunk=embed_chunk, bar=bar)
+        scores: dict[str, list[torch.Tensor]] = {name: [] for name in direct}
+        for ids in chunks if direct else ():
+            batch = sampler.batch(ids)
+            for name, learner in direct.items():
+                bar.set_postfix_str(name)
+                scores[name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
+                bar.update(len(ids))
+        accuracies.update({name: torch.cat(parts) for name, parts in scores.items()})
+    finally:
+        bar.close()
+        for name, learner in learners.items():
+            learner.train(modes[name])
+    results = []
+    for name in learners:
+        mean, half = mean_ci95(accuracies[name])
+        results.append(LearnerResult(name, accuracies[name], mean, half))
+        logger.info("%s on %s %d-way %d-shot: %.2f +- %.2f%%", name, data.name, n_way, n_shot, 100 * mean, 100 * half)
+    comparisons = tuple(
+        Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=seed))
+        for a, b in itertools.combinations(learners, 2)
+    )
+    spec = EpisodeSpec(dataset=data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
+    return EvaluationResult(spec, tuple(results), comparisons, train_dataset, data.name)

@@ -1,0 +1,283 @@
+"""Reports of evaluation results: JSON with provenance, CSV, a markdown table, and PNG plots.
+
+Several results (e.g. a sweep over learners and shots) merge into one table: one row per
+method, one column per setting (``5-way 1-shot``, prefixed by the dataset when results come
+from several datasets). Every file is written atomically (a temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fewshot
+from fewshot.evaluation.harness import EvaluationResult, LearnerResult
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fewshot-evaluation/1"
+CSV_COLUMNS = ("method", "train_dataset", "test_dataset", "n_way", "n_shot", "n_query", "episodes", "seed",
+               "mean", "ci95")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _as_list(results: EvaluationResult | Iterable[EvaluationResult]) -> list[EvaluationResult]:
+    items = [results] if isinstance(results, EvaluationResult) else list(results)
+    if not items:
+        raise ValueError("no results to report; pass one EvaluationResult or a non-empty list of them")
+    for item in items:
+        if not isinstance(item, EvaluationResult):
+            raise TypeError(f"expected EvaluationResult, got {type(item).__name__}")
+    return items
+
+
+def _git_revision() -> str | None:
+    """The commit of the source checkout the package runs from, or None (not a git checkout, no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fewshot.__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def collect_provenance(*, config: Mapping[str, Any] | None = None, seed: int | None = None,
+               device: str | None = None) -> dict[str, Any]:
+    """Where a result came from: the caller's config and seed, plus library and machine facts.
+
+    Args:
+        config: the full run configuration as plain JSON-ready values (e.g. ``OmegaConf.to_container``).
+        seed: the run's seed.
+        device: the device the evaluation ran on, e.g. ``"cuda:0"``.
+    """
+    return {
+        "config": dict(config) if config is not None else None,
+        "seed": seed,
+        "fewshot_version": fewshot.__version__,
+        "git_revision": _git_revision(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "hostname": socket.gethostname(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,
+               provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write every field of ``results`` (per-episode accuracies included) and ``provenance``.
+
+    ``provenance`` defaults to :func:`collect_provenance` with no config; pass
+    ``collect_provenance(config=..., seed=..., device=...)`` to record the run. Non-finite floats
+    (a t statistic of +-inf) are written as ``Infinity``, as Python's json does.
+    """
+    document = {
+        "format": FORMAT,
+        "provenance": dict(provenance) if provenance is not None else collect_provenance(),
+        "results": [r.to_dict() for r in _as_list(results)],
+    }
+    text = json.dumps(document, indent=2)
+    return _write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> tuple[list[EvaluationResult], dict[str, Any]]:
+    """Read a file of :func:`write_json`: (results, provenance)."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fewshot evaluation file (expected format {FORMAT!r})")
+    return [EvaluationResult.from_dict(r) for r in document["results"]], document["provenance"]
+
+
+def csv_rows(results: EvaluationResult | Iterable[EvaluationResult]) -> list[dict[str, Any]]:
+    """One row per learner per result, with the keys of ``CSV_COLUMNS`` (mean, ci95 in [0, 1])."""
+    rows = []
+    for result in _as_list(results):
+        spec = result.spec
+        for learner in result.learners:
+            rows.append({"method": learner.name, "train_dataset": result.train_dataset or "",
+                         "test_dataset": result.test_dataset, "n_way": spec.n_way, "n_shot": spec.n_shot,
+                         "n_query": spec.n_query, "episodes": spec.episodes, "seed": spec.seed,
+                         "mean": learner.mean, "ci95": learner.ci95})
+    return rows
+
+
+def write_csv(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult]) -> Path:
+    """Write :func:`csv_rows` with a header row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(results))
+    return _write_text(path, buffer.getvalue())
+
+
+def _dataset_label(result: EvaluationResult) -> str:
+    train, test = result.train_dataset, result.test_dataset
+    return test if train is None or train == test else f"{train} → {test}"
+
+
+def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[tuple[str, str], LearnerResult]]:
+    """Merge results into (methods, column labels, {(method, column): result}) in first-seen order."""
+    dataset_order = list(dict.fromkeys(_dataset_label(r) for r in results))
+    ordered = sorted(results, key=lambda r: (dataset_order.index(_dataset_label(r)), r.spec.n_way, r.spec.n_shot))
+    columns: list[str] = []
+    methods: list[str] = []
+    cells: dict[tuple[str, str], LearnerResult] = {}
+    for result in ordered:
+        setting = result.spec.setting
+        column = setting if len(dataset_order) == 1 else f"{_dataset_label(result)} {setting}"
+        if column not in columns:
+            columns.append(column)
+        for learner in result.learners:
+            if (learner.name, column) in cells:
+                raise ValueError(f"two results for {learner.name!r} in {column!r}; a table takes one result per "
+                                 "method and setting (rename the learners or report the runs separately)")
+            cells[learner.name, column] = learner
+    for result in results:
+        for learner in result.learners:
+            if learner.name not in methods:
+                methods.append(learner.name)
+    return methods, columns, cells
+
+
+def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, digits: int = 2) -> str:
+    """A table for a paper: ``| method | 5-way 1-shot | ... |`` with cells ``98.80 ± 0.21`` (percent,
+    mean ± 95% half-width); ``–`` where a method was not run in a setting."""
+    methods, columns, cells = _cells(_as_list(results))
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for method in methods:
+        row = []
+        for column in columns:
+            cell = cells.get((method, column))
+            row.append("–" if cell is None else f"{100 * cell.mean:.{digits}f} ± {100 * cell.ci95:.{digits}f}")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,
+                   digits: int = 2) -> Path:
+    """Write :func:`markdown_table`."""
+    return _write_text(path, markdown_table(results, digits=digits))
+
+
+def _new_figure(n_axes: int) -> Any | None:
+    """A matplotlib Figure with ``n_axes`` side-by-side axes (no pyplot, no global backend), or None."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: skipping the plot (pip install 'fewshot[plot]')")
+        return None
+    figure = Figure(figsize=(4.5 * n_axes, 3.5), layout="constrained")
+    figure.subplots(1, n_axes, squeeze=False)
+    return figure
+
+
+def _save_png(figure: Any, path: str | os.PathLike[str]) -> Path:
+    return _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=150))
+
+
+def plot_accuracy_vs_shots(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,
+                           title: str | None = None) -> Path | None:
+    """Accuracy (percent, with 95% error bars) against shots, one line per method (and per dataset
+    and n_way when the results span several).
+
+    Returns the PNG path, or None when matplotlib is missing (a warning is logged).
+    """
+    items = _as_list(results)
+    _cells(items)  # raises on two results for one method and setting
+    qualify = len({(_dataset_label(r), r.spec.n_way) for r in items}) > 1
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for result in items:
+        for learner in result.learners:
+            label = f"{learner.name} ({_dataset_label(result)}, {result.spec.n_way}-way)" if qualify else learner.name
+            lines.setdefault(label, []).append((result.spec.n_shot, 100 * learner.mean, 100 * learner.ci95))
+    figure = _new_figure(1)
+    if figure is None:
+        return None
+    axes = figure.axes[0]
+    shots: set[int] = set()
+    for label, points in lines.items():
+        points.sort()
+        shots.update(p[0] for p in points)
+        axes.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                      marker="o", capsize=3, label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(shots), [str(s) for s in sorted(shots)])
+    axes.set_xlabel("shots per class")
+    axes.set_ylabel("query accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save_png(figure, path)
+
+
+def plot_learning_curve(path: str | os.PathLike[str], history: Sequence[Mapping[str, float]], *,
+                        keys: Sequence[str] = ("loss", "accuracy"), title: str | None = None) -> Path | None:
+    """One panel per metric in ``keys`` against ``step``, from a training history.
+
+    Args:
+        history: entries like ``{"step": 100, "loss": 0.9, "accuracy": 0.71}``; every entry needs
+            ``step``; an entry may lack some keys (e.g. validation accuracy logged less often).
+        keys: metrics to plot; each must appear in at least one entry.
+    Returns the PNG path, or None when matplotlib is missing (a warning is logged).
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    missing_step = [i for i, entry in enumerate(history) if "step" not in entry]
+    if missing_step:
+        raise ValueError(f"history entries {missing_step[:5]} have no 'step'; log the step with every entry")
+    absent = [k for k in keys if not any(k in entry for entry in history)]
+    if absent or not keys:
+        present = sorted({k for entry in history for k in entry} - {"step"})
+        raise ValueError(f"keys {absent or list(keys)} are not in the history; available: {present}")
+    figure = _new_figure(len(keys))
+    if figure is None:
+        return None
+    for axes, key in zip(figure.axes, keys, strict=True):
+        points = [(float(e["step"]), float(e[key])) for e in history if key in e]
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        axes.set_xlabel("step")
+        axes.set_ylabel(key)
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return _save_png(figure, path)

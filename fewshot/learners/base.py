@@ -1,0 +1,163 @@
+"""The one interface every learner implements, and the outer-loop machinery meta-learners share."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from episodes import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class OuterOptimizer:
+    """Settings of a meta-learner's outer (meta) optimizer and its learning-rate schedule.
+
+    Attributes:
+        name: ``"adam"`` or ``"sgd"``.
+        lr: base learning rate.
+        weight_decay: L2 penalty passed to the optimizer.
+        momentum: SGD momentum (ignored by Adam).
+        schedule: ``"constant"``, ``"step"`` (multiply by ``gamma`` every ``step_size`` steps)
+            or ``"cosine"`` (to zero over ``total_steps``).
+        step_size, gamma: the step schedule.
+        total_steps: length of the cosine schedule.
+        grad_clip: clip the global gradient norm to this value; ``None`` disables clipping.
+    """
+
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    step_size: int = 2000
+    gamma: float = 0.5
+    total_steps: int = 10000
+    grad_clip: float | None = None
+
+    def build(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """Create the optimizer over ``params`` and its scheduler (stepped once per meta-step)."""
+        if self.name == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        elif self.name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown outer optimizer {self.name!r}; use 'adam' or 'sgd'")
+        if self.schedule == "constant":
+            sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        elif self.schedule == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.step_size, gamma=self.gamma)
+        elif self.schedule == "cosine":
+            total = max(1, self.total_steps)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+        else:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use 'constant', 'step' or 'cosine'")
+        return opt, sched
+
+
+class Learner(nn.Module, abc.ABC):
+    """A few-shot learner: adapts to each episode's support set and labels its query set.
+
+    ``predict`` must never change the learner's own parameters or buffers.
+    """
+
+    @abc.abstractmethod
+    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Adapt on each task's support set and score its query set.
+
+        Args:
+            batch: B tasks; support_x (B, n_way*n_shot, C, H, W), query_x (B, n_way*n_query, C, H, W).
+        Returns:
+            (B, n_way*n_query, n_way) logits, one row per query image.
+        """
+
+
+class MetaLearner(Learner):
+    """A learner trained episode by episode: owns its outer optimizer and schedule.
+
+    Subclasses implement :meth:`meta_loss`; :meth:`meta_train_step` does the update.
+    Call :meth:`configure_optimizer` after construction (and after moving to a device).
+    """
+
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    outer: OuterOptimizer | None = None
+
+    def configure_optimizer(self, outer: OuterOptimizer) -> None:
+        """Build the outer optimizer over every trainable parameter of the learner."""
+        self.outer = outer
+        self.optimizer, self.scheduler = outer.build([p for p in self.parameters() if p.requires_grad])
+
+    @abc.abstractmethod
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The differentiable meta-training objective on a batch of tasks.
+
+        Returns:
+            (loss, logits): the scalar loss averaged over tasks, and the (B, n_way*n_query, n_way)
+            query logits it was computed from.
+        """
+
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One outer update on ``batch``; returns loss, accuracy, learning rate and gradient norm."""
+        if self.optimizer is None or self.outer is None or self.scheduler is None:
+            raise RuntimeError("call configure_optimizer(OuterOptimizer(...)) before meta_train_step")
+        self.train()
+        loss, logits = self.meta_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite meta-training loss ({loss.item()}); lower the learning rates "
+                "(outer lr, or the inner step size for MAML) or enable grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        clip = self.outer.grad_clip if self.outer.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
+        return {"loss": loss.item(), "accuracy": accuracy.item(), "lr": lr, "grad_norm": float(grad_norm)}
+
+
+class EmbeddingLearner(Learner):
+    """A learner whose backbone embeds every image independently of its episode (ProtoNet,
+    frozen-backbone fine-tuning). The evaluation harness may embed each test image once and
+    sample episodes over the features; results equal :meth:`predict` on the images.
+    """
+
+    @abc.abstractmethod
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of images: (N, C, H, W) float -> (N, D). Must not depend on other images
+        in the call (batch norm in eval mode), so embedding once per image is exact."""
+
+    @abc.abstractmethod
+    def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                         n_way: int) -> torch.Tensor:
+        """Adapt on support features and score query features.
+
+        Args:
+            support: (B, n_way*n_shot, D) support features.
+            support_y: (B, n_way*n_shot) int64 labels in [0, n_way).
+            query: (B, n_way*n_query, D) query features.
+            n_way: number of classes per task.
+        Returns:
+            (B, n_way*n_query, n_way) logits.
+        """
+
+    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                b, s = batch.support_x.shape[:2]
+                q = batch.query_x.shape[1]
+                feats = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+                support, query = feats[: b * s].view(b, s, -1), feats[b * s:].view(b, q, -1)
+            return self.predict_features(support, batch.support_y, query, batch.n_way)
+        finally:
+            self.train(was_training)

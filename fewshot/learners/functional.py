@@ -1,0 +1,132 @@
+"""Normalisation from primitives, applied to any backbone through a torch-function mode.
+
+MAML-style inner loops run a plain ``nn.Module`` with :func:`torch.func.functional_call`, per task,
+possibly under :func:`torch.func.vmap`. Two things go wrong with the module's own batch norm there:
+in train mode it updates its running statistics (state leaking from task to task, and a change to
+the learner during ``predict``), and on this torch the vmapped backward of affine ``F.batch_norm`` /
+``F.layer_norm`` gives wrong meta-gradients (DESIGN.md, known traps). :class:`NormPolicy` intercepts
+those two functions while it is active and computes them from ``mean``/``var`` instead, never reading
+or writing running statistics unless asked to read them (``stats="running"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["NormPolicy", "batch_norm", "eval_mode", "layer_norm"]
+
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *, eps: float,
+               stat_rows: int | None = None, running_mean: torch.Tensor | None = None,
+               running_var: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch normalisation from primitives.
+
+    Args:
+        x: (N, C, ...) input.
+        weight, bias: (C,) affine parameters, or ``None``.
+        eps: added to the variance.
+        stat_rows: compute the statistics from ``x[:stat_rows]`` only (e.g. the support rows of a
+            support+query batch); ``None`` uses every row. Ignored when running statistics are given.
+        running_mean, running_var: (C,) statistics to normalise with instead of the batch's own.
+    Returns:
+        (N, C, ...) normalised ``x``; biased variance, as ``F.batch_norm`` in training mode.
+    """
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if running_mean is not None and running_var is not None:
+        mean, var = running_mean.view(shape), running_var.view(shape)
+    else:
+        ref = x if stat_rows is None else x[:stat_rows]
+        dims = [0, *range(2, x.dim())]
+        mean = ref.mean(dims, keepdim=True)
+        var = ref.var(dims, unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+def layer_norm(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+               bias: torch.Tensor | None, *, eps: float) -> torch.Tensor:
+    """Layer normalisation from primitives over the last ``len(normalized_shape)`` dims of ``x``."""
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    var = x.var(dims, unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _batch_norm_args(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                     training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
+    return input, running_mean, running_var, weight, bias, eps
+
+
+def _layer_norm_args(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5):
+    return input, normalized_shape, weight, bias, eps
+
+
+class NormPolicy(TorchFunctionMode):
+    """While active, ``F.batch_norm`` and ``F.layer_norm`` are computed from primitives.
+
+    Batch norm never updates running statistics, whatever the module's train/eval mode:
+
+    - ``stats="batch"``: normalise with the statistics of the batch the layer sees (of its first
+      ``stat_rows`` rows when set: pass support+query with ``stat_rows=n_support`` to normalise the
+      query with its task's support statistics).
+    - ``stats="running"``: normalise with the module's stored running statistics (read only).
+
+    Use as a context manager around a functional forward of one task (also inside ``vmap``).
+    """
+
+    def __init__(self, *, stats: Literal["batch", "running"] = "batch", stat_rows: int | None = None) -> None:
+        super().__init__()
+        if stats not in ("batch", "running"):
+            raise ValueError(f"unknown batch-norm statistics {stats!r}; use 'batch' or 'running'")
+        self.stats = stats
+        self.stat_rows = stat_rows
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            x, rm, rv, weight, bias, eps = _batch_norm_args(*args, **kwargs)
+            if self.stats == "running":
+                if rm is None or rv is None:
+                    raise ValueError("NormPolicy(stats='running') needs batch-norm layers that track running "
+                                     "statistics (track_running_stats=True)")
+                return batch_norm(x, weight, bias, eps=eps, running_mean=rm, running_var=rv)
+            return batch_norm(x, weight, bias, eps=eps, stat_rows=self.stat_rows)
+        if func is F.layer_norm:
+            x, shape, weight, bias, eps = _layer_norm_args(*args, **kwargs)
+            return layer_norm(x, shape, weight, bias, eps=eps)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the block and restore every submodule's flag afterwards.
+
+    Functional inner loops call the backbone in eval mode so that batch-norm layers neither count
+    batches nor update running statistics (an in-place change that ``torch.func.grad`` also forbids);
+    :class:`NormPolicy` then decides which statistics normalise each batch. Dropout is off inside.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag

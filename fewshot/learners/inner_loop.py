@@ -1,0 +1,108 @@
+"""One functional inner loop, shared by meta-training and evaluation, run per task or batched over tasks.
+
+Parameters travel as plain ``{name: tensor}`` dicts (torchmeta style) and modules are called with
+:func:`torch.func.functional_call`, so the learner's own ``nn.Parameter`` objects are never modified.
+Gradients come from :func:`torch.func.grad`; its result stays differentiable for ordinary autograd
+outside, which gives the second-order meta-gradient (Finn et al. 2017) unless ``first_order``.
+
+:func:`map_tasks` runs a per-task function either sequentially (a Python loop over tasks) or with
+:func:`torch.func.vmap` (all tasks in one set of kernels). Both paths run the same per-task code; with
+normalisation computed from primitives (:class:`~fewshot.learners.functional.NormPolicy`) they give the
+same values and meta-gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+
+__all__ = ["Params", "adapt", "gradient_update", "map_tasks", "resolve_batched"]
+
+Params = dict[str, torch.Tensor]
+
+
+def gradient_update(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
+                    step_sizes: Mapping[str, torch.Tensor | float]) -> Params:
+    """One gradient-descent step on the parameters named in ``grads``.
+
+    Args:
+        params: every parameter of the model, by name.
+        grads: gradient of the loss for the adapted parameters (a subset of ``params``).
+        step_sizes: step size of each adapted parameter: a float, or a tensor broadcastable to the
+            parameter (a learned per-element step size, Meta-SGD).
+    Returns:
+        A new dict: ``params[n] - step_sizes[n] * grads[n]`` for adapted names, the rest unchanged.
+    """
+    new = dict(params)
+    for name, grad in grads.items():
+        new[name] = params[name] - step_sizes[name] * grad
+    return new
+
+
+def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.Tensor], adapted: Sequence[str], *,
+          steps: int, step_sizes: Mapping[str, torch.Tensor | float], first_order: bool, momentum: float = 0.0,
+          ) -> tuple[Params, torch.Tensor]:
+    """Take ``steps`` gradient steps on ``loss_fn`` for the parameters named in ``adapted``.
+
+    Args:
+        loss_fn: ``params -> scalar`` support loss of one task.
+        params: starting parameters (tensors tracked by outer autograd if a meta-gradient is wanted).
+        adapted: names of the parameters the inner loop changes; the others stay fixed.
+        steps: number of inner steps (0 returns ``params`` unchanged).
+        step_sizes: per adapted name, a float or a broadcastable tensor.
+        first_order: treat inner gradients as constants for the outer gradient (FOMAML).
+        momentum: heavy-ball momentum as ``torch.optim.SGD`` (``v = momentum * v + g``, step ``-lr * v``,
+            ``v = g`` on the first step); 0 is plain gradient descent.
+    Returns:
+        (adapted params, (steps,) support loss before each step).
+    """
+    params = dict(params)
+    losses = []
+    velocity: Params = {}
+    for _ in range(steps):
+        fixed = {k: v for k, v in params.items() if k not in adapted}
+
+        def loss_of(sub: Params, fixed: Params = fixed) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = loss_fn({**fixed, **sub})
+            return loss, loss.detach()
+
+        grads, loss = torch.func.grad(loss_of, has_aux=True)({k: params[k] for k in adapted})
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        if momentum:
+            velocity = {k: momentum * velocity[k] + g if k in velocity else g for k, g in grads.items()}
+            grads = velocity
+        params = gradient_update(params, grads, step_sizes)
+        losses.append(loss)
+    stacked = torch.stack(losses) if losses else torch.zeros(0, device=next(iter(params.values())).device)
+    return params, stacked
+
+
+def map_tasks(fn: Callable[..., tuple[torch.Tensor, ...]], *tensors: torch.Tensor, batched: bool,
+              ) -> tuple[torch.Tensor, ...]:
+    """Apply a per-task function to every task and stack its outputs along a new leading dim.
+
+    Args:
+        fn: ``(*per-task tensors) -> tuple of tensors`` for one task.
+        tensors: each (B, ...), sliced along dim 0.
+        batched: ``True`` runs ``torch.func.vmap(fn)`` (one set of kernels for all B tasks);
+            ``False`` loops over tasks.
+    Returns:
+        tuple of (B, ...) tensors.
+    """
+    if batched:
+        return tuple(torch.func.vmap(fn, randomness="error")(*tensors))
+    outs = [fn(*(t[i] for t in tensors)) for i in range(tensors[0].shape[0])]
+    return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
+
+
+def resolve_batched(batched: bool | Literal["auto"], device: torch.device) -> bool:
+    """Whether to vmap over tasks: ``"auto"`` picks the batched path on CUDA, the sequential one
+    elsewhere (on a 2-core CPU the vmapped loop measured 1.3-1.8x slower than the plain loop)."""
+    if batched == "auto":
+        return device.type == "cuda"
+    if isinstance(batched, bool):
+        return batched
+    raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")

@@ -1,0 +1,162 @@
+"""MAML and its variants (first order, ANIL, Meta-SGD step sizes), over the shared functional inner loop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from episodes import EpisodeBatch
+from fewshot.learners.base import MetaLearner
+from fewshot.learners.functional import NormPolicy, eval_mode
+from fewshot.learners.inner_loop import Params, adapt, map_tasks, resolve_batched
+
+__all__ = ["MAML"]
+
+BNMode = Literal["transductive", "support"]
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning (Finn et al., ICML 2017), with its common variants.
+
+    The learner owns ``backbone`` and a linear head ``nn.Linear(backbone.feature_dim, n_way)``. For each
+    task the inner loop takes gradient steps on the support cross-entropy, from the learner's
+    parameters, and the query cross-entropy of the adapted parameters is the meta-loss.
+
+    - ``first_order=True``: first-order MAML (inner gradients treated as constants).
+    - ``anil=True``: ANIL (Raghu et al., ICLR 2020): the inner loop adapts the head only; the backbone
+      features of each task are computed once.
+    - ``learn_inner_lr=True``: Meta-SGD (Li et al. 2017): one learned step size per parameter element
+      (a tensor shaped like each adapted parameter, initialised to ``inner_lr``), meta-trained with the rest.
+
+    Batch norm (``bn_mode``): the backbone always runs in eval mode inside the inner loop, and
+    :class:`~fewshot.learners.functional.NormPolicy` computes every batch norm from the statistics of the
+    current task, so running statistics are never read or updated (no leakage between tasks, and
+    :meth:`predict` leaves every buffer untouched):
+
+    - ``"transductive"``: each forward normalises with the statistics of the batch it sees (support
+      alone, query alone), as in the original MAML.
+    - ``"support"``: the query is normalised with its own task's support-set statistics (non-transductive:
+      a query prediction does not depend on the other query images).
+
+    ``batched``: ``True`` vmaps the inner loop over the tasks of a batch, ``False`` loops over tasks,
+    ``"auto"`` picks batched on CUDA and sequential elsewhere. Both give the same results.
+
+    Args:
+        backbone: module with ``feature_dim: int``; ``forward((N, C, H, W)) -> (N, feature_dim)``.
+        n_way: classes per task (size of the head).
+        inner_lr: inner-loop step size (initial value when learned).
+        inner_steps: inner steps during meta-training; eval_inner_steps: during :meth:`predict`.
+    """
+
+    def __init__(self, backbone: nn.Module, *, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
+                 eval_inner_steps: int = 3, first_order: bool = False, anil: bool = False,
+                 learn_inner_lr: bool = False, bn_mode: BNMode = "transductive",
+                 batched: bool | Literal["auto"] = "auto") -> None:
+        super().__init__()
+        feature_dim = getattr(backbone, "feature_dim", None)
+        if not isinstance(feature_dim, int):
+            raise TypeError("MAML needs a backbone with an integer `feature_dim` attribute (its output size)")
+        if n_way < 2:
+            raise ValueError(f"n_way must be at least 2, got {n_way}")
+        if inner_lr < 0 or inner_steps < 0 or eval_inner_steps < 0:
+            raise ValueError(f"inner_lr, inner_steps and eval_inner_steps must be >= 0, got "
+                             f"{inner_lr}, {inner_steps}, {eval_inner_steps}")
+        if bn_mode not in ("transductive", "support"):
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; use 'transductive' or 'support'")
+        resolve_batched(batched, torch.device("cpu"))  # validates the value
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, n_way)
+        self.n_way, self.inner_lr = n_way, inner_lr
+        self.inner_steps, self.eval_inner_steps = inner_steps, eval_inner_steps
+        self.first_order, self.anil, self.bn_mode, self.batched = first_order, anil, bn_mode, batched
+        self.adapted = [n for n, p in self.named_parameters()
+                        if p.requires_grad and (n.startswith("head.") or not anil)]
+        self.inner_lrs: nn.ParameterList | None = None
+        if learn_inner_lr:
+            self.inner_lrs = nn.ParameterList(
+                [nn.Parameter(torch.full_like(dict(self.named_parameters())[n], inner_lr)) for n in self.adapted])
+
+    # ----------------------------------------------------------------- functional pieces
+    def _params(self, *, detach: bool) -> Params:
+        params = {n: p for n, p in self.named_parameters() if not n.startswith("inner_lrs.")}
+        return {n: p.detach() for n, p in params.items()} if detach else params
+
+    def _step_sizes(self, *, detach: bool) -> dict[str, torch.Tensor | float]:
+        if self.inner_lrs is None:
+            return dict.fromkeys(self.adapted, self.inner_lr)
+        return {n: (lr.detach() if detach else lr) for n, lr in zip(self.adapted, self.inner_lrs, strict=True)}
+
+    def _features(self, params: Params, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
+        """(N, C, H, W) -> (N, D) backbone features with ``params``, normalised per :class:`NormPolicy`."""
+        sub = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
+        with NormPolicy(stats="batch", stat_rows=stat_rows):
+            return torch.func.functional_call(self.backbone, sub, (x,))
+
+    @staticmethod
+    def _head(params: Params, feats: torch.Tensor) -> torch.Tensor:
+        return F.linear(feats, params["head.weight"], params["head.bias"])
+
+    def _query_features(self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        if self.bn_mode == "support":
+            n = support_x.shape[0]
+            return self._features(params, torch.cat([support_x, query_x]), stat_rows=n)[n:]
+        return self._features(params, query_x)
+
+    def _task(self, params: Params, step_sizes: dict[str, torch.Tensor | float], steps: int, first_order: bool,
+              support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task: support (S, C, H, W), (S,) and query (Q, C, H, W) -> query logits (Q, n_way) and
+        (steps,) support losses."""
+        if self.anil:
+            support_f = self._features(params, support_x)
+            query_f = self._query_features(params, support_x, query_x)
+            adapted, losses = adapt(lambda p: F.cross_entropy(self._head(p, support_f), support_y), params,
+                                    self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
+            return self._head(adapted, query_f), losses
+        adapted, losses = adapt(
+            lambda p: F.cross_entropy(self._head(p, self._features(p, support_x)), support_y), params,
+            self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
+        return self._head(adapted, self._query_features(adapted, support_x, query_x)), losses
+
+    def _run(self, batch: EpisodeBatch, *, steps: int, first_order: bool, detach: bool) -> torch.Tensor:
+        if batch.n_way != self.n_way:
+            raise ValueError(f"this MAML head has {self.n_way} classes but the batch is {batch.n_way}-way; "
+                             f"build the learner with n_way={batch.n_way}")
+        params, step_sizes = self._params(detach=detach), self._step_sizes(detach=detach)
+
+        def task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._task(params, step_sizes, steps, first_order, sx, sy, qx)
+
+        with eval_mode(self.backbone):
+            logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x,
+                                       batched=resolve_batched(self.batched, batch.device))
+        if not (bool(torch.isfinite(losses).all()) and bool(torch.isfinite(logits).all())):
+            raise FloatingPointError(
+                f"MAML inner loop diverged (non-finite support loss or logits) with inner_lr={self.inner_lr}; "
+                "lower inner_lr, take fewer inner steps, or use first_order=True")
+        return logits
+
+    # ----------------------------------------------------------------- Learner API
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean query cross-entropy after ``inner_steps`` adaptation steps, over all tasks of ``batch``.
+
+        Returns:
+            (scalar loss, (B, n_way*n_query, n_way) query logits).
+        """
+        logits = self._run(batch, steps=self.inner_steps, first_order=self.first_order, detach=False)
+        return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits
+
+    def predict(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Adapt for ``eval_inner_steps`` steps on each support set, score the query set.
+
+        Gradients are enabled inside (also under a caller's ``torch.no_grad``); the learner's parameters
+        and buffers are not changed.
+
+        Returns:
+            (B, n_way*n_query, n_way) detached logits.
+        """
+        with torch.enable_grad():
+            return self._run(batch, steps=self.eval_inner_steps, first_order=True, detach=True).detach()

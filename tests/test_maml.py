@@ -1,0 +1,152 @@
+"""MAML learner: predict leaves it untouched, batch-norm modes, divergence errors, variants, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from episodes import EpisodeBatch
+from fewshot.learners import MAML, OuterOptimizer
+
+
+class TinyNet(nn.Module):
+    """Two conv -> BatchNorm -> ReLU -> maxpool blocks on 1x8x8 images; feature_dim = hidden * 4."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten())
+        self.feature_dim = hidden * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+TEMPLATES = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(1234))
+
+
+def template_batch(b: int, n_way: int = 5, n_shot: int = 1, n_query: int = 3, *, seed: int,
+                   noise: float = 0.7) -> EpisodeBatch:
+    """B tasks over 20 fixed random class templates; each image is its class template plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.stack([torch.randperm(len(TEMPLATES), generator=g)[:n_way] for _ in range(b)])
+
+    def images(per_class: int) -> torch.Tensor:
+        base = TEMPLATES[classes].repeat_interleave(per_class, dim=1)
+        return base + noise * torch.randn(base.shape, generator=g)
+
+    support_x, query_x = images(n_shot), images(n_query)
+    return EpisodeBatch(support_x=support_x, support_y=torch.arange(n_way).repeat_interleave(n_shot).repeat(b, 1),
+                        query_x=query_x, query_y=torch.arange(n_way).repeat_interleave(n_query).repeat(b, 1),
+                        classes=classes, episode_ids=torch.arange(b))
+
+
+def make(seed: int = 0, **kwargs) -> MAML:
+    torch.manual_seed(seed)
+    return MAML(TinyNet(), n_way=5, **kwargs)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"anil": True}, {"learn_inner_lr": True}, {"bn_mode": "support"}, {"batched": True},
+    {"first_order": True, "eval_inner_steps": 2},
+])
+def test_predict_leaves_learner_untouched(kwargs: dict) -> None:
+    learner = make(**kwargs)
+    learner.configure_optimizer(OuterOptimizer(lr=1e-3))
+    learner.meta_train_step(template_batch(2, seed=5))  # non-trivial running stats and optimizer state
+    learner.train()
+    before = snapshot(learner)
+    batch = template_batch(3, seed=1)
+    logits = learner.predict(batch)
+    with torch.no_grad():
+        again = learner.predict(batch)
+    assert logits.shape == (3, 15, 5) and not logits.requires_grad
+    torch.testing.assert_close(logits, again, rtol=0, atol=0)
+    after = snapshot(learner)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"predict changed {k}"
+    assert learner.training and all(m.training for m in learner.modules())
+
+
+def test_batched_and_sequential_predict_agree() -> None:
+    batch = template_batch(4, seed=2)
+    seq = make(batched=False, eval_inner_steps=3).predict(batch)
+    bat = make(batched=True, eval_inner_steps=3).predict(batch)
+    torch.testing.assert_close(bat, seq, rtol=1e-4, atol=1e-5)
+
+
+def test_divergent_inner_loop_raises() -> None:
+    learner = make(inner_lr=1e30, eval_inner_steps=3)
+    with pytest.raises(FloatingPointError, match="lower inner_lr"):
+        learner.predict(template_batch(2, seed=0))
+    with pytest.raises(FloatingPointError, match="inner_lr"):
+        make(inner_lr=1e30, inner_steps=3).meta_loss(template_batch(2, seed=0))
+
+
+def test_support_bn_mode_is_not_transductive() -> None:
+    batch = template_batch(1, seed=3)
+    changed = EpisodeBatch(batch.support_x, batch.support_y, batch.query_x.clone(), batch.query_y,
+                           batch.classes, batch.episode_ids)
+    changed.query_x[0, -1] += 5.0
+    support = make(bn_mode="support")
+    a, b = support.predict(batch), support.predict(changed)
+    torch.testing.assert_close(a[0, :-1], b[0, :-1], rtol=1e-5, atol=1e-6)
+    transductive = make(bn_mode="transductive")
+    a, b = transductive.predict(batch), transductive.predict(changed)
+    assert (a[0, :-1] - b[0, :-1]).abs().max() > 1e-3
+
+
+def test_anil_equals_maml_with_a_frozen_backbone() -> None:
+    batch = template_batch(2, seed=4)
+    anil = make(anil=True, inner_lr=0.3)
+    torch.manual_seed(0)
+    backbone = TinyNet()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    frozen = MAML(backbone, n_way=5, inner_lr=0.3)  # frozen before construction: not adapted
+    assert anil.adapted == ["head.weight", "head.bias"] == frozen.adapted
+    torch.testing.assert_close(anil.predict(batch), frozen.predict(batch), rtol=1e-5, atol=1e-6)
+    loss_a, _ = anil.meta_loss(batch)
+    loss_f, _ = frozen.meta_loss(batch)
+    torch.testing.assert_close(loss_a, loss_f)
+
+
+def test_meta_sgd_step_sizes_are_per_element_and_meta_trained() -> None:
+    learner = make(learn_inner_lr=True, inner_lr=0.1)
+    params = dict(learner.named_parameters())
+    assert [lr.shape for lr in learner.inner_lrs] == [params[n].shape for n in learner.adapted]
+    learner.configure_optimizer(OuterOptimizer(lr=1e-2))
+    before = [lr.detach().clone() for lr in learner.inner_lrs]
+    learner.meta_train_step(template_batch(2, seed=0))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, learner.inner_lrs, strict=True))
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="n_way=3"):
+        make().predict(template_batch(1, n_way=3, seed=0))
+    with pytest.raises(ValueError, match="bn_mode"):
+        make(bn_mode="running")
+    with pytest.raises(TypeError, match="feature_dim"):
+        MAML(nn.Flatten(), n_way=5)
+    with pytest.raises(ValueError, match="batched"):
+        make(batched="sometimes")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"first_order": True}, {"anil": True}])
+def test_learns_a_synthetic_task(kwargs: dict) -> None:
+    learner = make(inner_lr=0.4, inner_steps=1, eval_inner_steps=3, **kwargs)
+    learner.configure_optimizer(OuterOptimizer(lr=3e-3))
+    test = template_batch(20, seed=10_000)
+    start = (learner.predict(test).argmax(-1) == test.query_y).float().mean().item()
+    for step in range(30):
+        learner.meta_train_step(template_batch(4, seed=step))
+    accuracy = (learner.predict(test).argmax(-1) == test.query_y).float().mean().item()
+    assert accuracy > 0.6 and accuracy > start + 0.1, (start, accuracy)
