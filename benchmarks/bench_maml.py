@@ -6,7 +6,8 @@ and the same inner step size; the script checks they compute the same meta-loss 
 A measured step is one meta-gradient: inner loop on every task, query loss, outer backward.
 
 Each (implementation, order) runs in its own subprocess, so the peak-memory figure is clean: the rise
-of ``ru_maxrss`` over the timed steps on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+of ``ru_maxrss`` over the meta-steps (warm-up included) above the process's peak after setup on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA.
 
     PYTHONPATH=. python benchmarks/bench_maml.py --meta-batch 32 --inner-steps 1 [--device cuda]
 
@@ -35,8 +36,9 @@ from episodes import EpisodeBatch  # noqa: E402
 from fewshot.learners import MAML  # noqa: E402
 
 IMPLS = ("fewshot-batched", "fewshot-sequential", "plain-loop", "higher", "torchopt", "learn2learn")
-LEARN2LEARN_NOTE = ("not run: learn2learn 0.2.0 does not build on Python 3.11 (its shipped Cython output is too "
-                    "old), and its package imports torchvision, which fails with this CPU torch")
+LEARN2LEARN_NOTE = ("not run: `pip install learn2learn` (0.2.0) fails to build on Python 3.11 (its shipped Cython "
+                    "C file includes longintrepr.h, gone in 3.11); it also needs torchvision, which does not import "
+                    "with the CPU torch here (DESIGN.md)")
 
 
 def build_net(n_way: int, device: torch.device) -> nn.Sequential:
@@ -156,13 +158,13 @@ def run_child(args: argparse.Namespace) -> dict:
                 "higher": lambda: higher_step(net, args, first_order),
                 "torchopt": lambda: torchopt_step(net, args, first_order)}
     step = builders[args.child]()
-    first_loss = step(batch)  # warm-up; the loss of the untouched net, compared across implementations
-    for _ in range(args.warmup - 1):
-        step(batch)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak so far: imports, net, tasks
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    first_loss = step(batch)  # warm-up; the loss of the untouched net, compared across implementations
+    for _ in range(args.warmup - 1):
+        step(batch)
     start = time.perf_counter()
     for _ in range(args.repeats):
         step(batch)

@@ -1,6 +1,9 @@
 """episodes: few-shot datasets decoded into tensor caches, and seeded episodic samplers."""
 
+from episodes.augment import Augment, Compose, RandomCropFlip, RandomRot90Classes
 from episodes.dataset import FewShotDataset
 from episodes.episode import Episode, EpisodeBatch
+from episodes.sampler import EpisodeSampler
 
-__all__ = ["Episode", "EpisodeBatch", "FewShotDataset"]
+__all__ = ["Augment", "Compose", "Episode", "EpisodeBatch", "EpisodeSampler", "FewShotDataset", "RandomCropFlip",
+           "RandomRot90Classes"]

@@ -29,6 +29,9 @@ _CLASSES, _IMAGES, _AUGMENT = 0, 1, 2
 # float32): each intermediate of ``to_float`` then stays in cache and reuses freed heap memory instead
 # of page-faulting a fresh allocation of the whole batch (2-3x faster at 256 Omniglot episodes).
 _CPU_BLOCK_ELEMENTS = 1 << 18
+# Images are drawn by sorting one random key per image of the class when no class has more images
+# than this (a few vectorised ops per batch), else by Floyd's algorithm (memory independent of size).
+_KEY_SORT_MAX_CLASS_SIZE = 4096
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -110,6 +113,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
         self.augment = augment
         self._root = rng.seed_key(seed, device=dataset.offsets.device)
         self._sizes = sizes
+        self._max_size = int(sizes.max())
 
     def __len__(self) -> int:
         if self.num_episodes is None:
@@ -154,12 +158,10 @@ class EpisodeSampler(torch.utils.data.Dataset):
         classes = _floyd(rng.uniform_int(key, ways, top + 1), top)
         classes = _shuffle(classes, rng.derive(key, n_way + ways))  # (B, n_way)
 
-        # Images: Floyd over [0, size) within each chosen class, then shuffled; the first n_shot are support.
+        # Images: a uniformly random ordered draw of m distinct images within each chosen class; the
+        # first n_shot are support.
         key = rng.derive(rng.derive(episode, _IMAGES), ways).unsqueeze(-1)  # (B, n_way, 1)
-        slots = torch.arange(m, device=device)
-        top = self._sizes[classes].unsqueeze(-1) - m + slots  # (B, n_way, m)
-        local = _floyd(rng.uniform_int(key, slots, top + 1), top)
-        local = _shuffle(local, rng.derive(key, m + slots))
+        local = self._draw_images(key, self._sizes[classes], m)
         rows = self.dataset.offsets[classes].unsqueeze(-1) + local
         support = rows[..., :self.n_shot].reshape(n_tasks, -1)
         query = rows[..., self.n_shot:].reshape(n_tasks, -1)
@@ -199,6 +201,24 @@ class EpisodeSampler(torch.utils.data.Dataset):
                                    class_keys=rng.derive(class_key, query_y))
         return EpisodeBatch(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y,
                             classes=classes, episode_ids=ids)
+
+    def _draw_images(self, key: torch.Tensor, sizes: torch.Tensor, m: int) -> torch.Tensor:
+        """``m`` distinct positions in ``[0, size)`` per class, in uniformly random order.
+
+        Args:
+            key: (B, n_way, 1) int64 keys; sizes: (B, n_way) int64 class sizes.
+        Returns:
+            (B, n_way, m) int64 positions within each class.
+        """
+        if self._max_size <= _KEY_SORT_MAX_CLASS_SIZE:
+            # The m smallest of one random key per image (images past the class size get the largest key).
+            positions = torch.arange(self._max_size, device=key.device)
+            keys = (rng.derive(key, positions) & rng.MASK63).masked_fill(positions >= sizes.unsqueeze(-1), rng.MASK63)
+            return torch.topk(keys, m, dim=-1, largest=False, sorted=True).indices
+        # Floyd's algorithm (memory independent of class size), then a random order.
+        slots = torch.arange(m, device=key.device)
+        top = sizes.unsqueeze(-1) - m + slots  # (B, n_way, m)
+        return _shuffle(_floyd(rng.uniform_int(key, slots, top + 1), top), rng.derive(key, m + slots))
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
         """``dataset.to_float(dataset.images[rows])``: one gather on GPU, cache-sized blocks of rows on CPU."""

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from episodes import FewShotDataset, rng
+from episodes import sampler as sampler_module
 from episodes.augment import RandomCropFlip
 from episodes.episode import EpisodeBatch
-from episodes import sampler as sampler_module
 from episodes.sampler import EpisodeSampler
 
 
