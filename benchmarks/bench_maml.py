@@ -17,7 +17,6 @@ Writes benchmarks/results/maml_throughput.md and .json (numbers from a busy mach
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource
@@ -32,8 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from episodes import EpisodeBatch  # noqa: E402
-from fewshot.learners import MAML  # noqa: E402
+from episodes import EpisodeBatch
+from fewshot.learners import MAML
 
 IMPLS = ("fewshot-batched", "fewshot-sequential", "plain-loop", "higher", "torchopt", "learn2learn")
 LEARN2LEARN_NOTE = ("not run: `pip install learn2learn` (0.2.0) fails to build on Python 3.11 (its shipped Cython "
@@ -179,8 +178,9 @@ def run_child(args: argparse.Namespace) -> dict:
 
 
 def spawn(args: argparse.Namespace, impl: str, order: str) -> dict:
+    skip = ("child", "order", "impls", "orders", "out_dir")
     cmd = [sys.executable, __file__, "--child", impl, "--order", order] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "order", "impls", "out_dir")]
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -205,7 +205,8 @@ def report(args: argparse.Namespace, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "maml_throughput.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["# MAML meta-training throughput", "", *(f"- {k}: `{v}`" for k, v in meta.items()), "",
-             "| implementation | order | tasks/s | s/step | peak MiB | first loss | note |", "|---|---|---|---|---|---|---|"]
+             "| implementation | order | tasks/s | s/step | peak MiB | first loss | note |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['impl']} | {r['order']} | - | - | - | - | {r['error']} |")

@@ -9,7 +9,8 @@ A fixed evaluation set is simply a sampler with a length::
     test_episodes = EpisodeSampler(test_set, n_way=5, n_shot=1, n_query=15, seed=0, num_episodes=1000)
 
 Every learner evaluated on ``test_episodes`` (or on ``test_episodes.indices(...)`` over
-precomputed features) sees exactly the same 1000 episodes.
+precomputed features) sees exactly the same 1000 episodes. Episodes depend on the seed, the
+episode shape and the dataset's classes and their sizes (in order), nothing else.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _floyd(draws: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    """Floyd's algorithm: distinct integers, vectorised over leading dimensions.
+    """Floyd's algorithm (Bentley & Floyd 1987, "A sample of brilliance"), vectorised over leading dimensions.
 
     Step ``k`` picks ``t = draws[..., k]`` uniform in ``[0, top[..., k]]`` and keeps it, or
     ``top[..., k]`` if ``t`` was already picked; the result is a uniform random subset.
@@ -69,6 +70,7 @@ def _shuffle(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 class EpisodeSampler(torch.utils.data.Dataset):
     """N-way K-shot episodes of a :class:`FewShotDataset`, each a pure function of ``(seed, i)``.
 
+    Episodic sampling as in Vinyals et al. 2016 ("Matching Networks for One Shot Learning").
     Each episode picks ``n_way`` distinct classes uniformly (then labels them 0..n_way-1 in a
     uniformly random order), and ``n_shot + n_query`` distinct images of each class uniformly, the
     first ``n_shot`` of a uniformly shuffled draw going to the support set and the rest to the

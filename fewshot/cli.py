@@ -28,6 +28,7 @@ from fewshot.evaluation import (
     EvaluationResult,
     collect_provenance,
     evaluate,
+    evaluate_settings,
     markdown_table,
     plot_accuracy_vs_shots,
     plot_learning_curve,
@@ -73,13 +74,10 @@ def _build_learner(cfg: DictConfig, device: torch.device) -> Learner:
 def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, device: torch.device,
               train_name: str | None) -> list[EvaluationResult]:
     """Score ``learner`` on every (n_way, n_shot) setting of ``cfg.evaluation`` over fixed episodes."""
-    results = []
-    for n_way, n_shot in cfg.evaluation.settings:
-        results.append(evaluate(
-            {cfg.name: learner}, test_set, n_way=int(n_way), n_shot=int(n_shot), n_query=cfg.evaluation.n_query,
-            episodes=cfg.evaluation.episodes, seed=cfg.evaluation.seed, batch_size=cfg.evaluation.batch_size,
-            device=device, progress=cfg.progress, train_dataset=train_name))
-    return results
+    e = cfg.evaluation
+    return evaluate_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
+                             n_query=e.n_query, episodes=e.episodes, seed=e.seed, batch_size=e.batch_size,
+                             device=device, progress=cfg.progress, train_dataset=train_name)
 
 
 def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, device: torch.device,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,7 @@ def test_constructor_picks_the_right_kind() -> None:
     assert not isinstance(tuned, EmbeddingLearner)
     assert tuned.tuned == ["block2.0.weight", "block2.0.bias", "block2.1.weight", "block2.1.bias"]
     assert len(FineTune(TinyNet(), finetune_backbone="all").tuned) == 8
+    assert type(copy.deepcopy(frozen)) is FrozenFineTune and type(copy.deepcopy(tuned)) is BackboneFineTune
     with pytest.raises(ValueError, match="head"):
         FineTune(TinyNet(), head="mlp")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="finetune_backbone"):

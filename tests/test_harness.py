@@ -9,7 +9,7 @@ from torch import nn
 
 from episodes import EpisodeBatch, FewShotDataset
 from episodes.sampler import EpisodeSampler
-from fewshot.evaluation import EvaluationResult, evaluate, paired_comparison
+from fewshot.evaluation import EvaluationResult, evaluate, evaluate_settings, paired_comparison
 from fewshot.learners.base import EmbeddingLearner, Learner
 
 N_WAY, N_SHOT, N_QUERY, EPISODES = 3, 2, 3, 20
@@ -107,6 +107,20 @@ def test_embed_once_equals_predict_on_images_exactly() -> None:
     assert torch.equal(fast.accuracies, slow.accuracies)
     assert (fast.mean, fast.ci95) == (slow.mean, slow.ci95)
     assert 0.4 < fast.mean < 0.95 and len(fast.accuracies.unique()) > 1  # not a trivially constant score
+
+
+def test_several_settings_share_one_embedding_and_equal_separate_runs() -> None:
+    learners: dict[str, Learner] = {"proto": ToyProto(), "step": OneStepHead()}
+    settings = [(N_WAY, N_SHOT), (N_WAY, 1), (N_WAY, 3)]  # OneStepHead is N_WAY-way only
+    together = evaluate_settings(learners, toy_dataset(), settings=settings, n_query=N_QUERY, episodes=EPISODES,
+                                 seed=5, batch_size=6, progress=False, permutations=0)
+    assert [(r.spec.n_way, r.spec.n_shot) for r in together] == settings
+    for result, (n_way, n_shot) in zip(together, settings, strict=True):
+        alone = run(learners, n_way=n_way, n_shot=n_shot, permutations=0)
+        for name in learners:
+            assert torch.equal(result[name].accuracies, alone[name].accuracies)
+    with pytest.raises(ValueError, match="settings"):
+        evaluate_settings(learners, toy_dataset(), settings=[], n_query=N_QUERY)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64])

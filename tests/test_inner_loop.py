@@ -160,8 +160,9 @@ def test_norm_policy_matches_batch_norm_and_never_touches_running_stats() -> Non
     x = torch.randn(6, 3, 4, 4)
     state = {k: v.clone() for k, v in bn.state_dict().items()}
     reference = F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
-    with eval_mode(bn), NormPolicy():
-        torch.testing.assert_close(bn(x), reference)
+    for primitives in (True, False):
+        with eval_mode(bn), NormPolicy(primitives=primitives):
+            torch.testing.assert_close(bn(x), reference)
     with eval_mode(bn), NormPolicy(stat_rows=2):
         expected = F.batch_norm(x[:2], None, None, training=True).detach()  # just the statistics' effect
         out = bn(x)
@@ -171,8 +172,9 @@ def test_norm_policy_matches_batch_norm_and_never_touches_running_stats() -> Non
     torch.testing.assert_close(out[:2], expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1))
     bn.eval()
     eval_out = bn(x)
-    with NormPolicy(stats="running"):
-        torch.testing.assert_close(bn(x), eval_out)
+    for primitives in (True, False):
+        with NormPolicy(stats="running", primitives=primitives):
+            torch.testing.assert_close(bn(x), eval_out)
     torch.testing.assert_close(batch_norm(x, None, None, eps=1e-5), F.batch_norm(x, None, None, training=True))
     for k, v in bn.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -182,3 +184,15 @@ def test_norm_policy_matches_batch_norm_and_never_touches_running_stats() -> Non
     assert bn.training
     with pytest.raises(ValueError, match="statistics"):
         NormPolicy(stats="moving")  # type: ignore[arg-type]
+
+
+def test_layer_norm_from_primitives_matches_torch() -> None:
+    torch.manual_seed(0)
+    ln = nn.LayerNorm([3, 4])
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.normal_()
+    x = torch.randn(5, 2, 3, 4)
+    for primitives in (True, False):
+        with NormPolicy(primitives=primitives):
+            torch.testing.assert_close(ln(x), F.layer_norm(x, [3, 4], ln.weight, ln.bias, ln.eps))

@@ -1,6 +1,13 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
-from fewshot.evaluation.harness import Comparison, EpisodeSpec, EvaluationResult, LearnerResult, evaluate
+from fewshot.evaluation.harness import (
+    Comparison,
+    EpisodeSpec,
+    EvaluationResult,
+    LearnerResult,
+    evaluate,
+    evaluate_settings,
+)
 from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
 from fewshot.evaluation.report import (
     collect_provenance,
@@ -23,6 +30,7 @@ __all__ = [
     "collect_provenance",
     "csv_rows",
     "evaluate",
+    "evaluate_settings",
     "markdown_table",
     "mean_ci95",
     "paired_comparison",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,15 +155,12 @@ def _embed_rows(learner: EmbeddingLearner, dataset: FewShotDataset, rows: torch.
     return torch.cat(parts)
 
 
-def _evaluate_embedded(name: str, learner: EmbeddingLearner, dataset: FewShotDataset, sampler: EpisodeSampler,
-                       chunks: tuple[torch.Tensor, ...], *, n_way: int, n_shot: int, n_query: int,
-                       embed_chunk: int, bar: tqdm) -> torch.Tensor:
-    """Embed every image the episodes use once, then score each batch of episodes on features."""
-    device = dataset.images.device
-    all_ids = torch.cat(chunks).to(device)
-    support_idx, query_idx, _ = sampler.indices(all_ids)
-    rows = torch.unique(torch.cat([support_idx.flatten(), query_idx.flatten()]))
-    features = _embed_rows(learner, dataset, rows, embed_chunk)
+def _score_features(name: str, learner: EmbeddingLearner, features: torch.Tensor, rows: torch.Tensor,
+                    picks: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunks: tuple[torch.Tensor, ...], *,
+                    n_way: int, n_shot: int, n_query: int, bar: tqdm) -> torch.Tensor:
+    """Score each batch of episodes on precomputed ``features`` of the sorted dataset ``rows``."""
+    support_idx, query_idx, _ = picks
+    device = features.device
     support_local = torch.searchsorted(rows, support_idx.contiguous())
     query_local = torch.searchsorted(rows, query_idx.contiguous())
     support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
@@ -219,6 +216,33 @@ def evaluate(
         per-episode accuracies (float64, (episodes,)), mean and 95% CI per learner, and a paired
         comparison of every pair of learners.
     """
+    return evaluate_settings(learners, dataset, settings=[(n_way, n_shot)], n_query=n_query, episodes=episodes,
+                             seed=seed, batch_size=batch_size, device=device, progress=progress, embed_once=embed_once,
+                             embed_chunk=embed_chunk, train_dataset=train_dataset, permutations=permutations)[0]
+
+
+def evaluate_settings(
+    learners: Mapping[str, Learner],
+    dataset: FewShotDataset,
+    *,
+    settings: Sequence[tuple[int, int]],
+    n_query: int,
+    episodes: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    embed_once: bool = True,
+    embed_chunk: int = 1024,
+    train_dataset: str | None = None,
+    permutations: int = 10_000,
+) -> list[EvaluationResult]:
+    """:func:`evaluate` for several ``(n_way, n_shot)`` settings, one result each, in order.
+
+    An :class:`EmbeddingLearner` embeds each image used by any setting only once.
+    """
+    if not settings:
+        raise ValueError("settings must list at least one (n_way, n_shot) pair, e.g. [(5, 1)]")
     if episodes < 2:
         raise ValueError(f"episodes must be >= 2 for a confidence interval, got {episodes}")
     if batch_size < 1 or embed_chunk < 1:
@@ -226,40 +250,56 @@ def evaluate(
     device = torch.device(device)
     _check_learners(learners, device)
     data = dataset.to(device)
-    sampler = EpisodeSampler(data, n_way=n_way, n_shot=n_shot, n_query=n_query, seed=seed, num_episodes=episodes)
-    chunks = torch.arange(episodes).split(batch_size)
+    samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
+                for w, k in settings]
+    ids = torch.arange(episodes, device=device)
+    chunks = ids.split(batch_size)
     embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
     direct = {k: v for k, v in learners.items() if k not in embedded}
     modes = {name: learner.training for name, learner in learners.items()}
-    accuracies: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=episodes * len(learners), disable=not progress, unit="episode", desc=f"evaluate {data.name}")
+    accuracies: list[dict[str, torch.Tensor]] = [{} for _ in settings]
+    bar = tqdm(total=episodes * len(learners) * len(settings), disable=not progress, unit="episode",
+               desc=f"evaluate {data.name}")
     try:
         for learner in learners.values():
             learner.eval()
+        picks = [sampler.indices(ids) for sampler in samplers] if embedded else []
+        rows = torch.unique(torch.cat([t.flatten() for p in picks for t in p[:2]])) if embedded else None
         for name, learner in embedded.items():
             bar.set_postfix_str(name)
-            accuracies[name] = _evaluate_embedded(name, learner, data, sampler, chunks, n_way=n_way, n_shot=n_shot,
-                                                  n_query=n_query, embed_chunk=embed_chunk, bar=bar)
-        scores: dict[str, list[torch.Tensor]] = {name: [] for name in direct}
-        for ids in chunks if direct else ():
-            batch = sampler.batch(ids)
-            for name, learner in direct.items():
-                bar.set_postfix_str(name)
-                scores[name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
-                bar.update(len(ids))
-        accuracies.update({name: torch.cat(parts) for name, parts in scores.items()})
+            features = _embed_rows(learner, data, rows, embed_chunk)
+            for k, (n_way, n_shot) in enumerate(settings):
+                accuracies[k][name] = _score_features(name, learner, features, rows, picks[k], chunks, n_way=n_way,
+                                                      n_shot=n_shot, n_query=n_query, bar=bar)
+        for k, ((n_way, _), sampler) in enumerate(zip(settings, samplers, strict=True)):
+            scores: dict[str, list[torch.Tensor]] = {name: [] for name in direct}
+            for part in chunks if direct else ():
+                batch = sampler.batch(part)
+                for name, learner in direct.items():
+                    bar.set_postfix_str(name)
+                    scores[name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
+                    bar.update(len(part))
+            accuracies[k].update({name: torch.cat(parts) for name, parts in scores.items()})
     finally:
         bar.close()
         for name, learner in learners.items():
             learner.train(modes[name])
+    return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
+                    seed=seed, train_dataset=train_dataset, permutations=permutations)
+            for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]
+
+
+def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor], dataset: str, *, n_way: int,
+            n_shot: int, n_query: int, episodes: int, seed: int, train_dataset: str | None,
+            permutations: int) -> EvaluationResult:
     results = []
     for name in learners:
         mean, half = mean_ci95(accuracies[name])
         results.append(LearnerResult(name, accuracies[name], mean, half))
-        logger.info("%s on %s %d-way %d-shot: %.2f +- %.2f%%", name, data.name, n_way, n_shot, 100 * mean, 100 * half)
+        logger.info("%s on %s %d-way %d-shot: %.2f +- %.2f%%", name, dataset, n_way, n_shot, 100 * mean, 100 * half)
     comparisons = tuple(
         Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=seed))
         for a, b in itertools.combinations(learners, 2)
     )
-    spec = EpisodeSpec(dataset=data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
-    return EvaluationResult(spec, tuple(results), comparisons, train_dataset, data.name)
+    spec = EpisodeSpec(dataset=dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
+    return EvaluationResult(spec, tuple(results), comparisons, train_dataset, dataset)

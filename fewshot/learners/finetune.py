@@ -71,9 +71,11 @@ class FineTune(Learner):
             (batched on CUDA only).
     """
 
-    def __new__(cls, backbone: nn.Module, *, head: HeadKind = "linear", steps: int = 100, lr: float = 0.01,
-                weight_decay: float = 0.001, scale: float = 10.0, finetune_backbone: BackboneMode = "none",
-                backbone_lr_mult: float = 0.1, batched: bool | Literal["auto"] = "auto") -> FineTune:
+    def __new__(cls, backbone: nn.Module | None = None, *, head: HeadKind = "linear", steps: int = 100,
+                lr: float = 0.01, weight_decay: float = 0.001, scale: float = 10.0,
+                finetune_backbone: BackboneMode = "none", backbone_lr_mult: float = 0.1,
+                batched: bool | Literal["auto"] = "auto") -> FineTune:
+        # Pick the concrete class from the arguments; copy/pickle call __new__(cls) with a concrete cls.
         if cls is FineTune:
             cls = FrozenFineTune if finetune_backbone == "none" else BackboneFineTune
         return super().__new__(cls)
@@ -165,22 +167,22 @@ class BackboneFineTune(FineTune):
             trainable = [n for n in trainable if n.startswith(owners[-1] + ".")]
         self.tuned = trainable
 
-    def _features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, params: Params, x: torch.Tensor, primitives: bool) -> torch.Tensor:
         backbone = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
-        with NormPolicy(stats="running"):
+        with NormPolicy(stats="running", primitives=primitives):
             return torch.func.functional_call(self.backbone, backbone, (x,))
 
-    def _task(self, params: Params, n_way: int, support_x: torch.Tensor, support_y: torch.Tensor,
+    def _task(self, params: Params, n_way: int, batched: bool, support_x: torch.Tensor, support_y: torch.Tensor,
               query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One episode: support (S, C, H, W), (S,), query (Q, C, H, W) -> (Q, n_way) logits, (steps,) losses."""
-        head = {"head." + k: v for k, v in init_head(self._features(params, support_x), support_y,
+        head = {"head." + k: v for k, v in init_head(self._features(params, support_x, batched), support_y,
                                                       n_way, self.head).items()}
         names = [*("backbone." + n for n in self.tuned), *head]
         sizes = {n: self.lr * (1.0 if n.startswith("head.") else self.backbone_lr_mult) for n in names}
 
         def logits(p: Params, x: torch.Tensor) -> torch.Tensor:
             return head_logits({k[5:]: v for k, v in p.items() if k.startswith("head.")},
-                               self._features(p, x), self.head, self.scale)
+                               self._features(p, x, batched), self.head, self.scale)
 
         def loss_fn(p: Params) -> torch.Tensor:
             decay = sum((p[n] * p[n]).sum() for n in names)
@@ -197,13 +199,13 @@ class BackboneFineTune(FineTune):
             (B, n_way*n_query, n_way) detached logits. The learner's parameters and buffers are unchanged.
         """
         params = {"backbone." + n: p.detach() for n, p in self.backbone.named_parameters()}
+        batched = resolve_batched(self.batched, batch.device)
 
         def task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._task(params, batch.n_way, sx, sy, qx)
+            return self._task(params, batch.n_way, batched, sx, sy, qx)
 
         with torch.enable_grad(), eval_mode(self.backbone):
-            logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x,
-                                       batched=resolve_batched(self.batched, batch.device))
+            logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x, batched=batched)
         self._check_finite(losses)
         self._check_finite(logits)
         return logits.detach()

@@ -41,8 +41,12 @@ class MAML(MetaLearner):
     - ``"support"``: the query is normalised with its own task's support-set statistics (non-transductive:
       a query prediction does not depend on the other query images).
 
-    ``batched``: ``True`` vmaps the inner loop over the tasks of a batch, ``False`` loops over tasks,
-    ``"auto"`` picks batched on CUDA and sequential elsewhere. Both give the same results.
+    ``batched``: ``True`` vmaps the inner loop over the tasks of a batch (normalisation from primitives,
+    see DESIGN.md on vmap and batch norm), ``False`` loops over tasks (fused ``F.batch_norm`` where the
+    mode allows), ``"auto"`` picks batched on CUDA and sequential elsewhere. Both give the same values
+    and meta-gradients to float rounding.
+
+    Parameters whose ``requires_grad`` is False when the learner is built are never adapted.
 
     Args:
         backbone: module with ``feature_dim: int``; ``forward((N, C, H, W)) -> (N, feature_dim)``.
@@ -89,50 +93,53 @@ class MAML(MetaLearner):
             return dict.fromkeys(self.adapted, self.inner_lr)
         return {n: (lr.detach() if detach else lr) for n, lr in zip(self.adapted, self.inner_lrs, strict=True)}
 
-    def _features(self, params: Params, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features with ``params``, normalised per :class:`NormPolicy`."""
+    def _features(self, params: Params, x: torch.Tensor, *, primitives: bool,
+                  stat_rows: int | None = None) -> torch.Tensor:
+        """(N, C, H, W) -> (N, D) backbone features with ``params``, normalised per :class:`NormPolicy`
+        (``primitives`` is required under vmap)."""
         sub = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
-        with NormPolicy(stats="batch", stat_rows=stat_rows):
+        with NormPolicy(stats="batch", stat_rows=stat_rows, primitives=primitives):
             return torch.func.functional_call(self.backbone, sub, (x,))
 
     @staticmethod
     def _head(params: Params, feats: torch.Tensor) -> torch.Tensor:
         return F.linear(feats, params["head.weight"], params["head.bias"])
 
-    def _query_features(self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def _query_features(self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor, *,
+                        primitives: bool) -> torch.Tensor:
         if self.bn_mode == "support":
             n = support_x.shape[0]
-            return self._features(params, torch.cat([support_x, query_x]), stat_rows=n)[n:]
-        return self._features(params, query_x)
+            return self._features(params, torch.cat([support_x, query_x]), stat_rows=n, primitives=primitives)[n:]
+        return self._features(params, query_x, primitives=primitives)
 
     def _task(self, params: Params, step_sizes: dict[str, torch.Tensor | float], steps: int, first_order: bool,
-              support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+              batched: bool, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """One task: support (S, C, H, W), (S,) and query (Q, C, H, W) -> query logits (Q, n_way) and
         (steps,) support losses."""
         if self.anil:
-            support_f = self._features(params, support_x)
-            query_f = self._query_features(params, support_x, query_x)
+            support_f = self._features(params, support_x, primitives=batched)
+            query_f = self._query_features(params, support_x, query_x, primitives=batched)
             adapted, losses = adapt(lambda p: F.cross_entropy(self._head(p, support_f), support_y), params,
                                     self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
             return self._head(adapted, query_f), losses
         adapted, losses = adapt(
-            lambda p: F.cross_entropy(self._head(p, self._features(p, support_x)), support_y), params,
-            self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
-        return self._head(adapted, self._query_features(adapted, support_x, query_x)), losses
+            lambda p: F.cross_entropy(self._head(p, self._features(p, support_x, primitives=batched)), support_y),
+            params, self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
+        return self._head(adapted, self._query_features(adapted, support_x, query_x, primitives=batched)), losses
 
     def _run(self, batch: EpisodeBatch, *, steps: int, first_order: bool, detach: bool) -> torch.Tensor:
         if batch.n_way != self.n_way:
             raise ValueError(f"this MAML head has {self.n_way} classes but the batch is {batch.n_way}-way; "
                              f"build the learner with n_way={batch.n_way}")
         params, step_sizes = self._params(detach=detach), self._step_sizes(detach=detach)
+        batched = resolve_batched(self.batched, batch.device)
 
         def task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._task(params, step_sizes, steps, first_order, sx, sy, qx)
+            return self._task(params, step_sizes, steps, first_order, batched, sx, sy, qx)
 
         with eval_mode(self.backbone):
-            logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x,
-                                       batched=resolve_batched(self.batched, batch.device))
+            logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x, batched=batched)
         if not (bool(torch.isfinite(losses).all()) and bool(torch.isfinite(logits).all())):
             raise FloatingPointError(
                 f"MAML inner loop diverged (non-finite support loss or logits) with inner_lr={self.inner_lr}; "

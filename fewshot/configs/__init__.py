@@ -1,0 +1,1 @@
+"""Hydra configs shipped with the package (found by the CLI from an installed wheel)."""
