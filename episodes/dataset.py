@@ -130,6 +130,9 @@ class FewShotDataset:
         """
         if x.dtype != torch.uint8:
             return x
-        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
-        return (x.float() / 255.0 - mean) / std
+        y = x.float().div_(255.0)  # in place on the fresh float copy: one allocation for the whole batch
+        if any(m != 0.0 for m in self.mean):
+            y.sub_(torch.tensor(self.mean, device=x.device).view(-1, 1, 1))
+        if any(s != 1.0 for s in self.std):
+            y.div_(torch.tensor(self.std, device=x.device).view(-1, 1, 1))
+        return y

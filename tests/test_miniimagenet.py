@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -100,6 +101,21 @@ def test_rfs_python2_pickle_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "miniImageNet_category_split_test.pickle").write_bytes(py2_pickle(payload))
     dataset = load_mini_imagenet(tmp_path, split="test", fmt="rfs", cache_dir=tmp_path / "cache")
     assert_dataset_holds(dataset, expected_by_class(images, names))
+
+
+def test_torchmeta_hdf5_end_to_end(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py", reason="the torchmeta format is read with h5py (optional)")
+    images, names = synthetic_images(4)
+    folder = tmp_path / "miniimagenet"
+    folder.mkdir()
+    groups = expected_by_class(images, names)
+    with h5py.File(folder / "test_data.hdf5", "w") as handle:
+        datasets = handle.create_group("datasets")
+        for wnid in WNIDS:
+            datasets.create_dataset(wnid, data=np.stack(groups[wnid]))
+    (folder / "test_labels.json").write_text(json.dumps(sorted(WNIDS)))
+    dataset = load_mini_imagenet(tmp_path, split="test", cache_dir=tmp_path / "cache")
+    assert_dataset_holds(dataset, groups)
 
 
 def write_images_folder(root: Path, *, nested: bool = False) -> tuple[np.ndarray, list[str]]:

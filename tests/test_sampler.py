@@ -89,6 +89,7 @@ def test_rows_match_labels_classes_and_gathered_pixels(dataset: FewShotDataset, 
 def test_cpu_block_gather_equals_one_gather(monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_dataset([7] * 6, channels=3)
     monkeypatch.setattr(sampler_module, "_CPU_BLOCK_ELEMENTS", 3 * data.images[0].numel())  # blocks of 3 rows
+    monkeypatch.setattr(sampler_module, "_CPU_BLOCKS_ABOVE", 0)
     sampler = EpisodeSampler(data, n_way=3, n_shot=2, n_query=2, seed=0)
     batch = sampler.batch(torch.arange(5))  # 60 rows: 20 blocks
     support_idx, query_idx, _ = sampler.indices(torch.arange(5))

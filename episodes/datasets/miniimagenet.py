@@ -12,6 +12,8 @@ No pixels ship with this package (they come from ImageNet). Three layouts users 
 - ``rfs``: RFS/MetaOptNet's ``root/miniImageNet_category_split_{train_phase_train,val,test}.pickle``,
   a (Python 2) dict with ``data`` (N, 84, 84, 3) uint8, ``labels`` (N,) and optionally
   ``catname2label`` {wnid: label}.
+- ``torchmeta``: ``{split}_data.hdf5`` + ``{split}_labels.json`` in ``root`` or ``root/miniimagenet``
+  (see :mod:`episodes.datasets.torchmeta`; needs h5py).
 
 Pickles are read with :func:`episodes.datasets.safe_pickle.load_pickle` (no code runs). The decoded
 images are cached (:func:`episodes.datasets.cache.cached_arrays`) and loaded memory-mapped next time.
@@ -33,6 +35,7 @@ from episodes.dataset import FewShotDataset
 from episodes.datasets.cache import cache_dir_for, cached_arrays, source_fingerprint
 from episodes.datasets.images import decode_image, resize_array
 from episodes.datasets.safe_pickle import load_pickle
+from episodes.datasets.torchmeta import read_torchmeta, torchmeta_files
 
 __all__ = ["FORMATS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "load_mini_imagenet", "read_ravi_split"]
 
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
-FORMATS = ("auto", "images", "learn2learn", "rfs")
+FORMATS = ("auto", "images", "learn2learn", "rfs", "torchmeta")
 EMBEDDED_SPLITS = Path(__file__).parent / "_data" / "mini-imagenet-ravi-splits.csv.gz"
 _LEARN2LEARN_FILE = "mini-imagenet-cache-{split}.pkl"
 _RFS_FILES = {"train": "miniImageNet_category_split_train_phase_train.pickle",
@@ -71,7 +74,12 @@ def read_ravi_split(root: Path | None, split: str) -> tuple[list[tuple[str, str]
         raise ValueError(f"unknown Mini-ImageNet split {split!r}; use one of {SPLITS}")
     csv = None if root is None else Path(root) / f"{split}.csv"
     if csv is not None and csv.is_file():
-        rows = _parse_rows(csv.read_text(), source=str(csv), columns=2)
+        try:
+            text = csv.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{csv}: not a UTF-8 text file ({err.reason} at byte {err.start}); expected the Ravi "
+                             "split CSV with a header filename,label") from err
+        rows = _parse_rows(text, source=str(csv), columns=2)
         return [(filename, label) for filename, label in rows], csv
     text = gzip.decompress(EMBEDDED_SPLITS.read_bytes()).decode()
     rows = _parse_rows(text, source=str(EMBEDDED_SPLITS), columns=3)
@@ -135,6 +143,11 @@ def _build_rfs(path: Path, size: int) -> dict[str, torch.Tensor]:
     return _grouped(images, [catname.get(label, f"class{label:04d}") for label in labels], size)
 
 
+def _build_torchmeta(data_file: Path, labels_file: Path, size: int) -> dict[str, torch.Tensor]:
+    images, names = read_torchmeta(data_file, labels_file)
+    return _grouped(images, names, size)
+
+
 def _image_paths(root: Path, rows: list[tuple[str, str]], csv: Path) -> list[Path]:
     paths, missing = [], []
     for filename, wnid in rows:
@@ -166,12 +179,14 @@ def _detect(root: Path, split: str) -> str:
         return "learn2learn"
     if (root / _RFS_FILES[split]).is_file():
         return "rfs"
+    if torchmeta_files(root, split) is not None:
+        return "torchmeta"
     if (root / "images").is_dir():
         return "images"
     raise FileNotFoundError(
         f"no Mini-ImageNet {split} data in {root}: expected {_LEARN2LEARN_FILE.format(split=split)} (learn2learn), "
-        f"{_RFS_FILES[split]} (RFS/MetaOptNet), or an images/ folder (with the Ravi {split}.csv, else the embedded "
-        "copy is used)")
+        f"{_RFS_FILES[split]} (RFS/MetaOptNet), {split}_data.hdf5 + {split}_labels.json (torchmeta), "
+        f"or an images/ folder (with the Ravi {split}.csv, else the embedded copy is used)")
 
 
 def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image_size: int = 84,
@@ -181,8 +196,8 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
     Args:
         root: folder holding the data in one of the layouts of this module.
         split: ``"train"``, ``"val"`` or ``"test"`` (Ravi & Larochelle classes).
-        fmt: ``"images"``, ``"learn2learn"``, ``"rfs"`` or ``"auto"`` (detected in that order of
-            preference: learn2learn pickle, RFS pickle, images folder).
+        fmt: ``"images"``, ``"learn2learn"``, ``"rfs"``, ``"torchmeta"`` or ``"auto"`` (detected in this
+            order of preference: learn2learn pickle, RFS pickle, torchmeta files, images folder).
         image_size: side of the square images (84 is the standard; others are resized with Lanczos).
         cache_dir: where to write the decoded cache (default: beside the data, else ~/.cache/fewshot).
 
@@ -199,7 +214,7 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"Mini-ImageNet root {root} is not a folder; pass the folder holding images/ "
-                                "or the learn2learn / RFS pickles")
+                                "or the learn2learn / RFS pickles / torchmeta files")
     fmt = _detect(root, split) if fmt == "auto" else fmt
     build: Callable[[], dict[str, torch.Tensor]]
     if fmt == "images":
@@ -209,6 +224,13 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
         paths = _image_paths(root, rows, csv)
         sources = [*paths, csv]
         build = functools.partial(_build_images, paths, rows, image_size)
+    elif fmt == "torchmeta":
+        files = torchmeta_files(root, split)
+        if files is None:
+            raise FileNotFoundError(f"no {split}_data.hdf5 and {split}_labels.json in {root} "
+                                    f"or {root / 'miniimagenet'}")
+        sources = list(files)
+        build = functools.partial(_build_torchmeta, *files, image_size)
     else:
         pickle_file = root / (_LEARN2LEARN_FILE.format(split=split) if fmt == "learn2learn" else _RFS_FILES[split])
         if not pickle_file.is_file():
