@@ -5,8 +5,9 @@ possibly under :func:`torch.func.vmap`. Two things go wrong with the module's ow
 in train mode it updates its running statistics (state leaking from task to task, and a change to
 the learner during ``predict``), and on this torch the vmapped backward of affine ``F.batch_norm`` /
 ``F.layer_norm`` gives wrong meta-gradients (DESIGN.md, known traps). :class:`NormPolicy` intercepts
-those two functions while it is active and computes them from ``mean``/``var`` instead, never reading
-or writing running statistics unless asked to read them (``stats="running"``).
+those two functions while it is active and computes them from ``mean``/``var`` instead (or, outside
+vmap, with the fused kernels and the same policy), never reading or writing running statistics unless
+asked to read them (``stats="running"``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class NormPolicy(TorchFunctionMode):
       ``stat_rows`` rows when set: pass support+query with ``stat_rows=n_support`` to normalise the
       query with its task's support statistics).
     - ``stats="running"``: normalise with the module's stored running statistics (read only).
+
+    Other normalisations (``F.group_norm``, ``F.instance_norm``) pass through unchanged: they are
+    per-sample, so nothing leaks between tasks, but their vmapped meta-gradients are not tested here.
 
     Use as a context manager around a functional forward of one task. ``primitives=True`` (required
     under ``vmap``) always computes normalisation from ``mean``/``var``; ``primitives=False`` calls the
