@@ -83,6 +83,30 @@ def test_batched_and_sequential_predict_agree() -> None:
     torch.testing.assert_close(bat, seq, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"first_order": True}, {"learn_inner_lr": True, "inner_steps": 2}])
+def test_task_by_task_backward_equals_one_backward_of_the_mean_loss(kwargs: dict) -> None:
+    """The sequential meta_backward frees each task's graph early; its gradient and loss must equal those
+    of meta_loss().backward() over the whole batch (and of the batched path)."""
+    batch = template_batch(3, seed=4)
+    grads, losses = [], []
+    for batched, per_task in [(False, True), (False, False), (True, False)]:
+        learner = make(batched=batched, **kwargs).double()
+        data = EpisodeBatch(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y,
+                            batch.classes, batch.episode_ids)
+        if per_task:
+            loss, logits = learner.meta_backward(data)
+            assert logits.shape == (3, 15, 5) and not logits.requires_grad
+        else:
+            loss, _ = learner.meta_loss(data)
+            loss.backward()
+        grads.append([p.grad.clone() for p in learner.parameters()])
+        losses.append(loss.detach())
+    for other, loss in zip(grads[1:], losses[1:], strict=True):
+        torch.testing.assert_close(loss, losses[0], rtol=1e-10, atol=0)
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_divergent_inner_loop_raises() -> None:
     learner = make(inner_lr=1e30, eval_inner_steps=3)
     with pytest.raises(FloatingPointError, match="lower inner_lr"):

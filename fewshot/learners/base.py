@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,6 +88,10 @@ class MetaLearner(Learner):
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     outer: OuterOptimizer | None = None
+    #: Distributed training hook (see :mod:`fewshot.training.distributed`): called by :meth:`meta_train_step`
+    #: after ``backward`` with the gradients and a (2,) tensor of [loss, accuracy] of this process's tasks;
+    #: averages both in place across processes. ``None`` (the default) trains in one process.
+    grad_sync: Callable[[list[torch.Tensor], torch.Tensor], None] | None = None
 
     def configure_optimizer(self, outer: OuterOptimizer) -> None:
         """Build the outer optimizer over every trainable parameter of the learner."""
@@ -102,26 +107,43 @@ class MetaLearner(Learner):
             query logits it was computed from.
         """
 
+    def meta_backward(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate the gradient of :meth:`meta_loss` into ``.grad``; return the detached (loss, logits).
+
+        Subclasses may override it to back-propagate task by task (same gradient, less memory).
+        """
+        loss, logits = self.meta_loss(batch)
+        loss.backward()
+        return loss.detach(), logits.detach()
+
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         """One outer update on ``batch``; returns loss, accuracy, learning rate and gradient norm."""
         if self.optimizer is None or self.outer is None or self.scheduler is None:
             raise RuntimeError("call configure_optimizer(OuterOptimizer(...)) before meta_train_step")
         self.train()
-        loss, logits = self.meta_loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite meta-training loss ({loss.item()}); lower the learning rates "
-                "(outer lr, or the inner step size for MAML) or enable grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, logits = self.meta_backward(batch)
+        accuracy = (logits.argmax(-1) == batch.query_y).double().mean()
+        stats = torch.stack([loss.double(), accuracy])  # (2,) float64: [loss, accuracy]
+        if self.grad_sync is None:
+            _check_finite(stats[0])
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.grad_sync is not None:  # every process checks the averaged loss, so all raise together
+            self.grad_sync([p.grad for p in params], stats)
+            _check_finite(stats[0])
         clip = self.outer.grad_clip if self.outer.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
-        return {"loss": loss.item(), "accuracy": accuracy.item(), "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": stats[0].item(), "accuracy": stats[1].item(), "lr": lr, "grad_norm": float(grad_norm)}
+
+
+def _check_finite(loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite meta-training loss ({loss.item()}); lower the learning rates "
+            "(outer lr, or the inner step size for MAML) or enable grad_clip")
 
 
 class EmbeddingLearner(Learner):

@@ -128,10 +128,19 @@ class MAML(MetaLearner):
             params, self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
         return self._head(adapted, self._query_features(adapted, support_x, query_x, primitives=batched)), losses
 
-    def _run(self, batch: EpisodeBatch, *, steps: int, first_order: bool, detach: bool) -> torch.Tensor:
+    def _check_way(self, batch: EpisodeBatch) -> None:
         if batch.n_way != self.n_way:
             raise ValueError(f"this MAML head has {self.n_way} classes but the batch is {batch.n_way}-way; "
                              f"build the learner with n_way={batch.n_way}")
+
+    def _check_finite(self, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        if not (bool(torch.isfinite(losses).all()) and bool(torch.isfinite(logits).all())):
+            raise FloatingPointError(
+                f"MAML inner loop diverged (non-finite support loss or logits) with inner_lr={self.inner_lr}; "
+                "lower inner_lr, take fewer inner steps, or use first_order=True")
+
+    def _run(self, batch: EpisodeBatch, *, steps: int, first_order: bool, detach: bool) -> torch.Tensor:
+        self._check_way(batch)
         params, step_sizes = self._params(detach=detach), self._step_sizes(detach=detach)
         batched = resolve_batched(self.batched, batch.device)
 
@@ -140,10 +149,7 @@ class MAML(MetaLearner):
 
         with eval_mode(self.backbone):
             logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x, batched=batched)
-        if not (bool(torch.isfinite(losses).all()) and bool(torch.isfinite(logits).all())):
-            raise FloatingPointError(
-                f"MAML inner loop diverged (non-finite support loss or logits) with inner_lr={self.inner_lr}; "
-                "lower inner_lr, take fewer inner steps, or use first_order=True")
+        self._check_finite(losses, logits)
         return logits
 
     # ----------------------------------------------------------------- Learner API
@@ -155,6 +161,26 @@ class MAML(MetaLearner):
         """
         logits = self._run(batch, steps=self.inner_steps, first_order=self.first_order, detach=False)
         return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits
+
+    def meta_backward(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient of :meth:`meta_loss`. The sequential path back-propagates each task's share of the
+        mean query loss as soon as it is computed, so one task's (second-order) graph is alive at a time
+        instead of all B; the batched path back-propagates once through the vmapped loop."""
+        if resolve_batched(self.batched, batch.device):
+            return super().meta_backward(batch)
+        self._check_way(batch)
+        params, step_sizes = self._params(detach=False), self._step_sizes(detach=False)
+        total, all_logits = torch.zeros((), dtype=batch.query_x.dtype, device=batch.device), []
+        with eval_mode(self.backbone):
+            for i in range(batch.n_tasks):
+                logits, losses = self._task(params, step_sizes, self.inner_steps, self.first_order, False,
+                                            batch.support_x[i], batch.support_y[i], batch.query_x[i])
+                self._check_finite(losses, logits)
+                loss = F.cross_entropy(logits, batch.query_y[i]) / batch.n_tasks  # equal queries per task
+                loss.backward()
+                total += loss.detach()
+                all_logits.append(logits.detach())
+        return total, torch.stack(all_logits)
 
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
         """Adapt for ``eval_inner_steps`` steps on each support set, score the query set.
