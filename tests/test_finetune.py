@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
+import synthetic
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes import EpisodeBatch
 from fewshot.learners import BackboneFineTune, EmbeddingLearner, FineTune, FrozenFineTune
 
 
@@ -26,22 +27,7 @@ class TinyNet(nn.Module):
         return self.block2(self.block1(x)).flatten(1)
 
 
-TEMPLATES = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(1234))
-
-
-def template_batch(b: int, n_way: int = 5, n_shot: int = 5, n_query: int = 3, *, seed: int,
-                   noise: float = 1.0) -> EpisodeBatch:
-    """B tasks over 20 fixed random class templates; each image is its class template plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    classes = torch.stack([torch.randperm(len(TEMPLATES), generator=g)[:n_way] for _ in range(b)])
-
-    def images(per_class: int) -> torch.Tensor:
-        base = TEMPLATES[classes].repeat_interleave(per_class, dim=1)
-        return base + noise * torch.randn(base.shape, generator=g)
-
-    return EpisodeBatch(support_x=images(n_shot), support_y=torch.arange(n_way).repeat_interleave(n_shot).repeat(b, 1),
-                        query_x=images(n_query), query_y=torch.arange(n_way).repeat_interleave(n_query).repeat(b, 1),
-                        classes=classes, episode_ids=torch.arange(b))
+template_batch = functools.partial(synthetic.template_batch, n_shot=5)  # this file's default
 
 
 def pretrained_net(seed: int = 0) -> TinyNet:
