@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 from episodes import FewShotDataset, rng
 from episodes.augment import Augment
 from fewshot.backbones.spec import BackboneSpec
+from fewshot.training.distributed import GlobalBatchNorm, GradientAverager, broadcast_state
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ def pretrain_backbone(
     device: torch.device | str = "cpu",
     augment: Augment | Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    distributed: bool = False,
 ) -> PretrainResult:
     """Train ``backbone`` with a classifier over all classes of ``dataset`` (cross-entropy).
 
@@ -118,6 +122,12 @@ def pretrain_backbone(
             derived from ``seed``, the epoch and each image's index, every image its own class key
             (so class-level transforms act per image); or any callable (B, C, H, W) -> (B, C, H, W).
         progress: show a tqdm bar per epoch.
+        distributed: share every batch among the ranks of the initialised ``torch.distributed`` process group
+            (see :mod:`fewshot.training.distributed`; call on every rank, ``device`` being this rank's): rank
+            ``r`` trains on the ``r``-th slice of each batch, gradients are averaged with weights that give the
+            whole batch's mean loss, batch norm uses the whole batch's statistics, and the history is
+            global, so without ``augment`` the run equals the one-process run to float rounding (random
+            ``augment`` and DropBlock draws differ). A final batch smaller than the number of ranks is skipped.
     """
     _check(backbone, dataset, epochs, batch_size, lr, optimizer, head)
     device = torch.device(device)
@@ -139,8 +149,14 @@ def pretrain_backbone(
         else:
             opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-        history = _train(backbone, classifier, dataset, opt, schedule, epochs=epochs, batch_size=batch_size,
-                         seed=seed, device=device, augment=augment, progress=progress)
+        world = dist.get_world_size() if distributed and dist.is_initialized() else 1
+        if distributed and world > 1:
+            broadcast_state(backbone)
+            broadcast_state(classifier)
+        with GlobalBatchNorm() if world > 1 else nullcontext():
+            history = _train(backbone, classifier, dataset, opt, schedule, epochs=epochs, batch_size=batch_size,
+                             seed=seed, device=device, augment=augment, progress=progress,
+                             rank=dist.get_rank() if world > 1 else 0, world=world)
     backbone.eval()
     classifier.eval()
     spec = getattr(backbone, "spec", None)
@@ -154,21 +170,23 @@ def pretrain_backbone(
 def _train(backbone: nn.Module, classifier: nn.Module, dataset: FewShotDataset, opt: torch.optim.Optimizer,
            schedule: torch.optim.lr_scheduler.LRScheduler, *, epochs: int, batch_size: int, seed: int,
            device: torch.device, augment: Augment | Callable[[torch.Tensor], torch.Tensor] | None,
-           progress: bool) -> list[dict[str, float]]:
+           progress: bool, rank: int, world: int) -> list[dict[str, float]]:
     shuffle = torch.Generator().manual_seed(seed)
+    averager = GradientAverager(world_size=world)
     labels = dataset.labels.cpu()
     history = []
     for epoch in range(1, epochs + 1):
         backbone.train()
         classifier.train()
         batches = list(torch.randperm(len(labels), generator=shuffle).split(batch_size))
-        if len(batches) > 1 and len(batches[-1]) == 1:
+        if len(batches) > 1 and len(batches[-1]) < max(2, world):
             batches.pop()
         lr = opt.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        for idx in tqdm(batches, desc=f"pretrain {epoch}/{epochs}", disable=not progress, leave=False):
+        for whole in tqdm(batches, desc=f"pretrain {epoch}/{epochs}", disable=not progress or rank > 0, leave=False):
+            idx = whole.tensor_split(world)[rank]
             x = dataset.to_float(dataset.images[idx.to(dataset.images.device)].to(device, non_blocking=True))
             y = labels[idx].to(device, non_blocking=True)
             if isinstance(augment, Augment):
@@ -179,13 +197,19 @@ def _train(backbone: nn.Module, classifier: nn.Module, dataset: FewShotDataset, 
             logits = classifier(backbone(x))
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # weighted so that the average over ranks is the whole batch's mean loss
+            (loss * (len(idx) * world / len(whole))).backward()
+            averager.average([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None])
             opt.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(-1) == y).sum()
             seen += len(y)
         schedule.step()
-        record = {"epoch": epoch, "loss": loss_sum.item() / seen, "accuracy": correct.item() / seen, "lr": lr}
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+        if world > 1:
+            dist.all_reduce(totals)
+        loss_total, correct_total, seen_total = totals.tolist()
+        record = {"epoch": epoch, "loss": loss_total / seen_total, "accuracy": correct_total / seen_total, "lr": lr}
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"pretraining loss became non-finite in epoch {epoch}; lower lr ({lr}) "
                                      "or check the data normalisation")

@@ -1,0 +1,361 @@
+"""Data-parallel meta-training, pretraining and evaluation over ``torch.distributed`` (launched by torchrun).
+
+Every process (rank) holds the same learner. Each meta-training step's global episode ids
+``s*meta_batch .. (s+1)*meta_batch - 1`` are cut into ``world_size`` equal slices and rank ``r`` samples
+the ``r``-th; the meta-gradients (and the logged loss and accuracy) are averaged across ranks with one
+all-reduce, so every rank takes the same optimizer step as one process on the whole meta-batch would
+(equal to float rounding). Only rank 0 writes checkpoints, ``metrics.csv`` and logs.
+
+Batch norm. MAML normalises each task on its own inside its inner loop, so sharding tasks changes
+nothing. ProtoNet's ``meta_loss`` (and supervised pretraining) run one backbone call over the whole
+batch in train mode: its batch-norm statistics span every task of the meta-batch. With sharded tasks
+:class:`GlobalBatchNorm` keeps that meaning: train-mode batch norm takes its mean and variance over the
+global batch (all-reduced sums, differentiable), so a sharded run equals the one-process run, running
+statistics included. It is on by default for :class:`~fewshot.learners.base.EmbeddingLearner` s.
+
+Evaluation (:func:`evaluate_distributed`) gives each rank a contiguous block of the same episode batches
+(and image-embedding chunks) one process would use, and gathers the per-episode accuracies in order:
+the mean and interval equal the one-process numbers exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from tqdm.auto import tqdm
+
+from episodes import FewShotDataset
+from episodes.sampler import EpisodeSampler
+from fewshot.evaluation.harness import (
+    EvaluationResult,
+    _accuracy,
+    _check_learners,
+    _embed_rows,
+    _result,
+    _score_features,
+    evaluate_settings,
+)
+from fewshot.learners.base import EmbeddingLearner, Learner, MetaLearner
+from fewshot.training.meta_train import TrainResult, TrainSettings, Validator, meta_train
+
+__all__ = ["DistributedContext", "GlobalBatchNorm", "GradientAverager", "all_gather_rows", "broadcast_state",
+           "distributed_meta_train", "evaluate_distributed", "init_distributed", "shutdown_distributed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a distributed run: ``rank`` of ``world_size``, its ``device`` and ``backend``.
+    ``world_size == 1`` (no process group) is a plain one-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str = "none"
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs."""
+        return self.rank == 0
+
+
+def init_distributed(*, backend: Literal["auto", "gloo", "nccl"] = "auto") -> DistributedContext:
+    """Join the process group described by the environment; without one, return a one-process context.
+
+    torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Under SLURM
+    (``srun`` with several tasks, e.g. the submitit launcher's ``tasks_per_node``) ``SLURM_PROCID``,
+    ``SLURM_NTASKS`` and ``SLURM_LOCALID`` stand in for the first three; ``MASTER_ADDR``/``MASTER_PORT``
+    must be exported (``configs/hydra/launcher/slurm.yaml`` does it in ``setup``).
+    ``backend="auto"`` picks nccl with one GPU per local rank when CUDA is available, gloo on CPU.
+    """
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    elif int(env.get("SLURM_NTASKS", "1") or "1") > 1:
+        names = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+    else:
+        return DistributedContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        rank, world_size, local_rank = (int(env[name]) for name in names)
+    except (KeyError, ValueError) as err:
+        raise RuntimeError(f"{names[1]} is set but {names[0]}/{names[2]} are missing or not integers ({err}); "
+                           "launch with `torchrun --nproc_per_node=N ...` or `srun`, which set them") from err
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in env:
+            raise RuntimeError(f"{name} is not set: torchrun sets it; under SLURM export it before srun, e.g. "
+                               "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"unknown backend {backend!r}; use 'auto', 'gloo' or 'nccl'")
+    if backend == "nccl":
+        if torch.cuda.device_count() <= local_rank:
+            raise RuntimeError(f"backend nccl needs a GPU for local rank {local_rank}, but torch sees "
+                               f"{torch.cuda.device_count()}; use fewer processes per node or backend='gloo'")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    log.info("rank %d of %d on %s (%s)", rank, world_size, device, backend)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                              backend=backend)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (no-op in a one-process run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_state(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank, so all ranks start identical."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+class GradientAverager:
+    """The :attr:`MetaLearner.grad_sync` hook: averages gradients and statistics across ranks in place, with
+    one flat all-reduce per dtype (the communication volume of a step is the size of the gradients)."""
+
+    def __init__(self, *, world_size: int) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+
+    def __call__(self, grads: list[torch.Tensor], stats: torch.Tensor) -> None:
+        self.average([*grads, stats])
+
+    def average(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over ranks (every rank must pass the same shapes in the same order)."""
+        if self.world_size == 1:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.copy_(part.view_as(t))
+
+
+class GlobalBatchNorm(TorchFunctionMode):
+    """While active, train-mode ``F.batch_norm`` normalises with the mean and (biased) variance of the global
+    batch, the union of every rank's rows, and updates running statistics as one process would (unbiased
+    variance over the global count). The all-reduces are differentiable, so gradients through the
+    statistics are those of the one-process batch. Eval-mode batch norm is left alone.
+
+    Every rank must run the same layers in the same order (any batch size, even uneven).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            return _global_batch_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of every rank's input is the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _global_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                       weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                       momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    if not training:
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training=False, eps=eps)
+    x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input  # statistics in >= float32
+    dims = [0, *range(2, x.dim())]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.int64, device=x.device)
+    dist.all_reduce(count)
+    n = count.to(x.dtype)
+    mean = _SumOverRanks.apply(x.sum(dims)) / n
+    centred = x - mean.view(shape)
+    var = _SumOverRanks.apply((centred * centred).sum(dims)) / n
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(momentum * mean)
+            running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp_min(1))
+    y = centred * torch.rsqrt(var + eps).view(shape)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y.to(input.dtype)
+
+
+@contextmanager
+def _synced(learner: MetaLearner, ctx: DistributedContext, *, sync_batch_norm: bool) -> Iterator[None]:
+    """Broadcast rank 0's state, then average meta-gradients (and batch-norm statistics if asked) in the block."""
+    if ctx.world_size == 1:
+        yield
+        return
+    broadcast_state(learner)
+    learner.grad_sync = GradientAverager(world_size=ctx.world_size)
+    try:
+        with GlobalBatchNorm() if sync_batch_norm else nullcontext():
+            yield
+    finally:
+        learner.grad_sync = None
+
+
+def distributed_meta_train(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    *,
+    settings: TrainSettings,
+    ctx: DistributedContext,
+    validate: Validator | None = None,
+    run_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+    sync_batch_norm: bool | Literal["auto"] = "auto",
+) -> TrainResult:
+    """:func:`~fewshot.training.meta_train.meta_train` on every rank of ``ctx``, each on its share of every
+    meta-batch (``settings.meta_batch`` is the global number of tasks per step; it must divide evenly).
+
+    Args:
+        learner: configured meta-learner on ``ctx.device``; rank 0's parameters are broadcast first.
+        sampler: the same seeded training sampler on every rank.
+        settings, validate, run_dir, config, progress: as for ``meta_train`` (files and logs from rank 0;
+            ``validate`` runs on every rank: build it on :func:`evaluate_distributed` to share the work).
+        sync_batch_norm: normalise train-mode batch norm over the global meta-batch (:class:`GlobalBatchNorm`);
+            ``"auto"`` does so for embedding learners (ProtoNet), whose ``meta_loss`` embeds all tasks in one
+            call, and not for MAML, which normalises per task (never turn it on for MAML: its inner loop's
+            per-task batch norm would then mix tasks of different ranks).
+    Returns:
+        the same :class:`TrainResult` on every rank.
+    """
+    sync = isinstance(learner, EmbeddingLearner) if sync_batch_norm == "auto" else bool(sync_batch_norm)
+    with _synced(learner, ctx, sync_batch_norm=sync):
+        result = meta_train(learner, sampler, settings=settings, validate=validate, run_dir=run_dir, config=config,
+                            device=ctx.device, progress=progress, rank=ctx.rank, world_size=ctx.world_size)
+    if ctx.world_size > 1:
+        dist.barrier()  # rank 0's last checkpoints are on disk before any rank reads them
+    return result
+
+
+def all_gather_rows(local: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Concatenate every rank's (n_r, ...) tensor in rank order -> (sum n_r, ...); n_r may differ."""
+    if ctx.world_size == 1:
+        return local
+    device = ctx.device if ctx.backend == "nccl" else local.device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=device))
+    counts = [int(s) for s in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]), device=device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(local.device)
+
+
+def _my_block(items: Sequence[torch.Tensor], ctx: DistributedContext) -> tuple[int, int]:
+    """[lo, hi) of this rank's contiguous block of ``items`` (blocks differ in size by at most one)."""
+    per, extra = divmod(len(items), ctx.world_size)
+    lo = ctx.rank * per + min(ctx.rank, extra)
+    return lo, lo + per + (ctx.rank < extra)
+
+
+def evaluate_distributed(
+    learners: Mapping[str, Learner],
+    dataset: FewShotDataset,
+    *,
+    ctx: DistributedContext,
+    settings: Sequence[tuple[int, int]],
+    n_query: int,
+    episodes: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    embed_once: bool = True,
+    embed_chunk: int = 1024,
+    train_dataset: str | None = None,
+    permutations: int = 10_000,
+) -> list[EvaluationResult]:
+    """:func:`~fewshot.evaluation.harness.evaluate_settings` with the work shared by the ranks of ``ctx``.
+
+    Rank ``r`` scores a contiguous block of the same ``batch_size`` episode batches (and embeds a block of the
+    same ``embed_chunk`` image chunks) that one process would; per-episode accuracies (and features) are
+    all-gathered in order, so every rank returns results identical to the one-process call, bit for bit.
+    Call it on every rank, with learners on ``ctx.device``.
+    """
+    if ctx.world_size == 1:
+        return evaluate_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes,
+                                 seed=seed, batch_size=batch_size, device=ctx.device, progress=False,
+                                 embed_once=embed_once, embed_chunk=embed_chunk, train_dataset=train_dataset,
+                                 permutations=permutations)
+    if not settings or episodes < 2 or batch_size < 1 or embed_chunk < 1:
+        raise ValueError(f"need at least one (n_way, n_shot) setting, episodes >= 2, batch_size >= 1 and "
+                         f"embed_chunk >= 1; got {list(settings)}, {episodes}, {batch_size}, {embed_chunk}")
+    _check_learners(learners, ctx.device)
+    data = dataset.to(ctx.device)
+    samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
+                for w, k in settings]
+    ids = torch.arange(episodes, device=ctx.device)
+    chunks = ids.split(batch_size)
+    lo, hi = _my_block(chunks, ctx)
+    mine = chunks[lo:hi]
+    first, last = (int(mine[0][0]), int(mine[-1][-1]) + 1) if mine else (0, 0)
+    embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
+    modes = {name: learner.training for name, learner in learners.items()}
+    accuracies: list[dict[str, torch.Tensor]] = [{} for _ in settings]
+    quiet = tqdm(disable=True)
+    try:
+        for learner in learners.values():
+            learner.eval()
+        picks = [sampler.indices(ids) for sampler in samplers] if embedded else []
+        rows = torch.unique(torch.cat([t.flatten() for p in picks for t in p[:2]])) if embedded else None
+        for name, learner in embedded.items():
+            row_chunks = rows.split(embed_chunk)
+            a, b = _my_block(row_chunks, ctx)
+            local = _embed_rows(learner, data, torch.cat(row_chunks[a:b]) if b > a else rows[:0], embed_chunk)
+            features = all_gather_rows(local, ctx)
+            for k, (n_way, n_shot) in enumerate(settings):
+                part = tuple(t[first:last] for t in picks[k])
+                scores = _score_features(name, learner, features, rows, part, mine, n_way=n_way, n_shot=n_shot,
+                                         n_query=n_query, bar=quiet) if mine else torch.zeros(0, dtype=torch.float64)
+                accuracies[k][name] = all_gather_rows(scores, ctx)
+        for k, ((n_way, _), sampler) in enumerate(zip(settings, samplers, strict=True)):
+            for name, learner in learners.items():
+                if name in embedded:
+                    continue
+                scores = [_accuracy(learner.predict(batch), batch.query_y, n_way, name)
+                          for batch in (sampler.batch(part) for part in mine)]
+                local = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
+                accuracies[k][name] = all_gather_rows(local, ctx)
+    finally:
+        for name, learner in learners.items():
+            learner.train(modes[name])
+    return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
+                    seed=seed, train_dataset=train_dataset, permutations=permutations)
+            for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]
