@@ -145,11 +145,13 @@ def write(measured: list[dict], calc: dict, args: argparse.Namespace, load: floa
         "| processes | threads each | tasks/s | speed-up |", "|---|---|---|---|",
         *[f"| {m['processes']} | {m['threads_per_process']} | {m['tasks_per_s']:.2f} | "
           f"{m['tasks_per_s'] / base:.2f}x |" for m in measured], "",
-        f"With the same {args.threads} threads split between processes, little gain is expected on an idle "
-        "machine: the work is the same and torch's intra-op threads already use the cores; the all-reduce of "
-        f"{calc['param_bytes'] / 1e6:.2f} MB per step is cheap next to a step. On a shared (busy) machine these "
-        "numbers are noisy, and multi-threaded processes suffer most from other jobs (their threads wait for "
-        "each other at every parallel region); rerun on a quiet one.", "",
+        "Speed-up is relative to 1 process with 1 thread. Compare rows with the same total threads: on an idle "
+        f"machine {args.threads} processes x 1 thread and 1 process x {args.threads} threads do the same work on the "
+        "same cores, so expect them within a small factor of each other (data parallelism adds an all-reduce of "
+        f"{calc['param_bytes'] / 1e6:.2f} MB per step, cheap next to a step; intra-op threads help little on "
+        "these small per-task convolutions). On a shared, busy machine these numbers are noisy, and a "
+        "multi-threaded process suffers most (its threads wait for each other at every parallel region while "
+        "other jobs hold the cores); rerun on a quiet one.", "",
         "## Calculated for 8 GPUs (not measured)", "",
         f"- Parameters: {calc['param_bytes'] / 1e6:.2f} MB (float32); a ring all-reduce moves "
         f"2(N-1)/N x that = {calc['allreduce_bytes_per_gpu'] / 1e6:.2f} MB per GPU per step.",

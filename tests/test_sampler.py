@@ -6,6 +6,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from episodes import FewShotDataset, rng
 from episodes import sampler as sampler_module
@@ -251,3 +253,35 @@ def test_bad_episode_ids_and_lengths_are_refused(dataset: FewShotDataset) -> Non
     with pytest.raises(ValueError, match="augmentation needs"):
         EpisodeSampler(dataset.with_images(torch.zeros(len(dataset), 3)), n_way=2, n_shot=1, n_query=1, seed=0,
                        augment=RandomCropFlip())
+
+
+@st.composite
+def valid_shapes(draw: st.DrawFn) -> tuple[list[int], int, int, int]:
+    """Class sizes and an (n_way, n_shot, n_query) that the sampler must accept."""
+    sizes = draw(st.lists(st.integers(min_value=2, max_value=40), min_size=2, max_size=12))
+    n_way = draw(st.integers(min_value=1, max_value=len(sizes)))
+    n_shot = draw(st.integers(min_value=1, max_value=min(sizes) - 1))
+    n_query = draw(st.integers(min_value=1, max_value=min(sizes) - n_shot))
+    return sizes, n_way, n_shot, n_query
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=valid_shapes(), seed=st.integers(min_value=-(2**62), max_value=2**62),
+       ids=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=6))
+def test_episode_invariants_hold_for_any_valid_shape(shape: tuple[list[int], int, int, int], seed: int,
+                                                     ids: list[int]) -> None:
+    """Property test: for any dataset and shape the sampler accepts, every episode has distinct classes,
+    rows inside their class, disjoint support and query, and equals itself drawn alone."""
+    sizes, n_way, n_shot, n_query = shape
+    data = make_dataset(sizes)
+    sampler = EpisodeSampler(data, n_way=n_way, n_shot=n_shot, n_query=n_query, seed=seed)
+    support, query, classes = sampler.indices(ids)
+    assert support.shape == (len(ids), n_way * n_shot) and query.shape == (len(ids), n_way * n_query)
+    for b in range(len(ids)):
+        assert len(set(classes[b].tolist())) == n_way
+        rows = torch.cat([support[b].view(n_way, n_shot), query[b].view(n_way, n_query)], 1)  # (n_way, m)
+        start, stop = data.offsets[classes[b]], data.offsets[classes[b] + 1]
+        assert bool(((rows >= start[:, None]) & (rows < stop[:, None])).all())
+        assert all(len(set(r.tolist())) == n_shot + n_query for r in rows)  # distinct: support, query disjoint
+        alone = sampler.indices([ids[b]])
+        assert torch.equal(alone[0][0], support[b]) and torch.equal(alone[1][0], query[b])
