@@ -71,8 +71,7 @@ def fewshot_step(net: nn.Sequential, args: argparse.Namespace, first_order: bool
 
     def step(batch: EpisodeBatch) -> float:
         learner.zero_grad(set_to_none=True)
-        loss, _ = learner.meta_loss(batch)
-        loss.backward()
+        loss, _ = learner.meta_backward(batch)  # what meta_train_step runs: per-task backward when sequential
         return loss.item()
     return step
 

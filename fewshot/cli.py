@@ -14,10 +14,8 @@ import dataclasses
 import functools
 import io
 import logging
-import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +43,7 @@ from fewshot.evaluation import (
     write_csv,
     write_json,
 )
+from fewshot.files import atomic_write_text
 from fewshot.learners.base import Learner, MetaLearner
 from fewshot.training.checkpoint import load_checkpoint, load_state_exactly, save_checkpoint
 from fewshot.training.distributed import (
@@ -101,19 +100,6 @@ def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, devic
                              device=device, progress=cfg.progress, train_dataset=train_name)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then move it onto ``path`` (no partial file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
     """``metrics.csv`` of a supervised pretraining run: one row per epoch."""
     buffer = io.StringIO()
@@ -121,7 +107,7 @@ def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    _write_text(run_dir / "metrics.csv", buffer.getvalue())
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
 def _write_results(out_dir: Path, results: list[EvaluationResult], provenance: dict[str, Any]) -> None:
@@ -130,7 +116,7 @@ def _write_results(out_dir: Path, results: list[EvaluationResult], provenance: d
     write_csv(out_dir / "results.csv", results)
     pairs = dict.fromkeys((r.train_dataset or "?", r.test_dataset) for r in results)
     lines = "".join(f"- trained on `{train}`, tested on `{test}`\n" for train, test in pairs)
-    _write_text(out_dir / "results.md", f"{lines}\n{markdown_table(results)}")
+    atomic_write_text(out_dir / "results.md", f"{lines}\n{markdown_table(results)}")
     plot_accuracy_vs_shots(out_dir / "accuracy_vs_shots.png", results)
 
 

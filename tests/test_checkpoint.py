@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.training import checkpoint
+from fewshot import files
+from fewshot.files import atomic_write_bytes
 from fewshot.training.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     load_state_exactly,
     rng_state,
@@ -56,7 +56,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path,
     def fail(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fail)
+    monkeypatch.setattr(files.os, "fsync", fail)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, {"step": 2})
     assert load_checkpoint(path)["step"] == 1
@@ -67,7 +67,7 @@ def test_interrupt_during_write_leaves_no_temporary(tmp_path: Path, monkeypatch:
     def interrupt(src: str, dst: str) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.os, "replace", interrupt)
+    monkeypatch.setattr(files.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(tmp_path / "x.ckpt", b"data")
     assert not list(tmp_path.iterdir())

@@ -15,8 +15,7 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,39 +24,13 @@ import torch
 
 import fewshot
 from fewshot.evaluation.harness import EvaluationResult, LearnerResult
+from fewshot.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fewshot-evaluation/1"
 CSV_COLUMNS = ("method", "train_dataset", "test_dataset", "n_way", "n_shot", "n_query", "episodes", "seed",
                "mean", "ci95")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _as_list(results: EvaluationResult | Iterable[EvaluationResult]) -> list[EvaluationResult]:
@@ -116,7 +89,7 @@ def write_json(path: str | os.PathLike[str], results: EvaluationResult | Iterabl
         "results": [r.to_dict() for r in _as_list(results)],
     }
     text = json.dumps(document, indent=2)
-    return _write_text(path, text + "\n")
+    return atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> tuple[list[EvaluationResult], dict[str, Any]]:
@@ -146,7 +119,7 @@ def write_csv(path: str | os.PathLike[str], results: EvaluationResult | Iterable
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(results))
-    return _write_text(path, buffer.getvalue())
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _dataset_label(result: EvaluationResult) -> str:
@@ -195,7 +168,7 @@ def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, di
 def write_markdown(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,
                    digits: int = 2) -> Path:
     """Write :func:`markdown_table`."""
-    return _write_text(path, markdown_table(results, digits=digits))
+    return atomic_write_text(path, markdown_table(results, digits=digits))
 
 
 def _new_figure(n_axes: int) -> Any | None:
@@ -211,7 +184,7 @@ def _new_figure(n_axes: int) -> Any | None:
 
 
 def _save_png(figure: Any, path: str | os.PathLike[str]) -> Path:
-    return _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=150))
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=150))
 
 
 def plot_accuracy_vs_shots(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,

@@ -32,9 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from episodes.sampler import EpisodeSampler
+from fewshot.files import atomic_write_bytes
 from fewshot.learners.base import MetaLearner
 from fewshot.training.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     load_state_exactly,
     rng_state,
