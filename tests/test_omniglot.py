@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -261,6 +262,24 @@ def test_embedded_copy_is_complete_and_checked(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(embedded, "EMBEDDED_FILE", tmp_path / "gone.npz")
     with pytest.raises(FileNotFoundError, match="embedded Omniglot file"):
         embedded._unpack_ink()
+
+
+@pytest.mark.slow
+def test_embedded_cache_is_shared_by_every_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoded cache of the embedded copy is keyed on its content, so a second install (another path,
+    another mtime) reuses it instead of rebuilding."""
+    first = load_omniglot(split="val", cache_dir=tmp_path / "cache")
+    caches = sorted((tmp_path / "cache").glob("omniglot-embedded-*.pt"))
+    stamps = [c.stat().st_mtime_ns for c in caches]
+    other = tmp_path / "site-packages" / "omniglot-v1.npz"
+    other.parent.mkdir()
+    shutil.copyfile(embedded.EMBEDDED_FILE, other)
+    monkeypatch.setattr(embedded, "EMBEDDED_FILE", other)
+    embedded.embedded_sha256.cache_clear()
+    second = load_omniglot(split="val", cache_dir=tmp_path / "cache")
+    embedded.embedded_sha256.cache_clear()
+    assert caches and [c.stat().st_mtime_ns for c in caches] == stamps
+    assert torch.equal(first.images, second.images)
 
 
 def test_embedded_licence_is_shipped() -> None:

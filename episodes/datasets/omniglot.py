@@ -115,7 +115,7 @@ def _load_set(root: Path | None, set_name: str, size: int, cache_dir: Path | Non
     """(N, 1, size, size) uint8 images of one set, and their "Alphabet/characterNN/drawing" names."""
     if root is None:
         key = {"loader": "omniglot-embedded", "version": _LOADER_VERSION, "set": set_name, "size": size,
-               "source": source_fingerprint([embedded.EMBEDDED_FILE])}
+               "source": embedded.embedded_sha256()}  # content, not path or mtime: one cache for every install
         path = cache_dir_for(None, cache_dir) / f"omniglot-embedded-{set_name}-{size}.pt"
         arrays = cached_arrays(path, key=key, build=lambda: embedded.decode_embedded(set_name, size))
     else:

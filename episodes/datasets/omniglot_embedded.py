@@ -27,8 +27,8 @@ import torch
 
 from episodes.datasets.images import resize_array
 
-__all__ = ["EMBEDDED_FILE", "SPLITS_FILE", "alphabet_sets", "decode_embedded", "vinyals_split", "write_packed",
-           "write_splits"]
+__all__ = ["EMBEDDED_FILE", "SPLITS_FILE", "alphabet_sets", "decode_embedded", "embedded_sha256", "vinyals_split",
+           "write_packed", "write_splits"]
 
 DATA_DIR = Path(__file__).resolve().parent / "_data"
 EMBEDDED_FILE = DATA_DIR / "omniglot-v1.npz"
@@ -51,6 +51,14 @@ def alphabet_sets() -> dict[str, str]:
     with _open(EMBEDDED_FILE) as archive:
         pairs = np.unique(np.stack([archive["alphabets"], archive["sets"]]), axis=1)
     return {str(alphabet): str(set_name) for alphabet, set_name in pairs.T}
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_sha256() -> str:
+    """The sha256 of the embedded pixels, as recorded in the file: the same for every install of the same
+    data wherever it lies (decoding checks it against the pixels)."""
+    with _open(EMBEDDED_FILE) as archive:
+        return str(archive["bits_sha256"])
 
 
 def vinyals_split(split: str) -> list[str]:
