@@ -34,7 +34,6 @@ from fewshot.backbones import load_pretrained, save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
     collect_provenance,
-    evaluate,
     evaluate_settings,
     markdown_table,
     plot_accuracy_vs_shots,
@@ -48,8 +47,8 @@ from fewshot.learners.base import Learner, MetaLearner
 from fewshot.training.checkpoint import load_checkpoint, load_state_exactly, save_checkpoint
 from fewshot.training.distributed import (
     DistributedContext,
+    RankShards,
     distributed_meta_train,
-    evaluate_distributed,
     init_distributed,
     shutdown_distributed,
 )
@@ -91,13 +90,10 @@ def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, devic
     """Score ``learner`` on every (n_way, n_shot) setting of ``cfg.evaluation`` over fixed episodes (shared by
     the processes of ``ctx`` in a distributed run: the same numbers)."""
     e = cfg.evaluation
-    if ctx is not None:
-        return evaluate_distributed({cfg.name: learner}, test_set, ctx=ctx, settings=[(int(w), int(k)) for w, k in
-                                    e.settings], n_query=e.n_query, episodes=e.episodes, seed=e.seed,
-                                    batch_size=e.batch_size, train_dataset=train_name)
     return evaluate_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
                              n_query=e.n_query, episodes=e.episodes, seed=e.seed, batch_size=e.batch_size,
-                             device=device, progress=cfg.progress, train_dataset=train_name)
+                             device=device, progress=cfg.progress and ctx is None, train_dataset=train_name,
+                             shards=RankShards(ctx) if ctx is not None else None)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -137,18 +133,23 @@ def _settings(section: DictConfig, cls: Callable[..., Any], skip: tuple[str, ...
     return cls(**kwargs, **extra)
 
 
-def _distributed(cfg: DictConfig) -> DistributedContext | None:
-    """With ``trainer.distributed``, join the torch.distributed group of torchrun / srun (one process per GPU,
-    see :mod:`fewshot.training.distributed`); None otherwise."""
+def _in_processes(cfg: DictConfig, task: Callable[[DictConfig, DistributedContext | None], None]) -> None:
+    """Run ``task(cfg, ctx)``. With ``trainer.distributed``, ``ctx`` is this process's place in the
+    torch.distributed group of torchrun / srun (one process per GPU, see :mod:`fewshot.training.distributed`),
+    left again afterwards; otherwise ``ctx`` is None."""
     if not cfg.trainer.distributed:
-        return None
+        task(cfg, None)
+        return
     ctx = init_distributed()
-    hydra_cfg = HydraConfig.get()
-    if ctx.world_size > 1 and hydra_cfg.mode == RunMode.RUN and not any(
-            o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra):
+    try:
+        hydra_cfg = HydraConfig.get()
+        if ctx.world_size > 1 and hydra_cfg.mode == RunMode.RUN and not any(
+                o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra):
+            raise ValueError("a distributed run needs one run directory shared by its processes: pass "
+                             "hydra.run.dir=<dir>")
+        task(cfg, ctx)
+    finally:
         shutdown_distributed()
-        raise ValueError("a distributed run needs one run directory shared by its processes: pass hydra.run.dir=<dir>")
-    return ctx
 
 
 def train(cfg: DictConfig) -> None:
@@ -156,12 +157,7 @@ def train(cfg: DictConfig) -> None:
 
     With ``trainer.distributed=true`` under torchrun or srun, every process runs this; rank 0 writes the files.
     """
-    ctx = _distributed(cfg)
-    try:
-        _train(cfg, ctx)
-    finally:
-        if ctx is not None:
-            shutdown_distributed()
+    _in_processes(cfg, _train)
 
 
 def _train(cfg: DictConfig, ctx: DistributedContext | None) -> None:
@@ -187,14 +183,11 @@ def _train(cfg: DictConfig, ctx: DistributedContext | None) -> None:
         validate = None
         if val_set is not None and cfg.trainer.val_every:
             def validate(model: MetaLearner) -> float:
-                if ctx is not None:
-                    return evaluate_distributed({cfg.name: model}, val_set, ctx=ctx, settings=[(ep.n_way, ep.n_shot)],
-                                                n_query=ep.n_query, episodes=cfg.trainer.val_episodes,
-                                                seed=cfg.evaluation.seed + 1,
-                                                batch_size=cfg.evaluation.batch_size)[0].learners[0].mean
-                result = evaluate({cfg.name: model}, val_set, n_way=ep.n_way, n_shot=ep.n_shot, n_query=ep.n_query,
-                                  episodes=cfg.trainer.val_episodes, seed=cfg.evaluation.seed + 1,
-                                  batch_size=cfg.evaluation.batch_size, device=device, progress=False)
+                (result,) = evaluate_settings({cfg.name: model}, val_set, settings=[(ep.n_way, ep.n_shot)],
+                                              n_query=ep.n_query, episodes=cfg.trainer.val_episodes,
+                                              seed=cfg.evaluation.seed + 1, batch_size=cfg.evaluation.batch_size,
+                                              device=device, progress=False,
+                                              shards=RankShards(ctx) if ctx is not None else None)
                 return result.learners[0].mean
         settings = _settings(cfg.trainer, TrainSettings, ("kind", "optimizer", "val_episodes", "distributed"))
         if ctx is None:
@@ -287,12 +280,7 @@ def evaluate_run(cfg: DictConfig) -> None:
 
 def pretrain(cfg: DictConfig) -> None:
     """Supervised pretraining of a backbone on all base classes; see ``configs/pretrain.yaml``."""
-    ctx = _distributed(cfg)
-    try:
-        _pretrain_run(cfg, ctx)
-    finally:
-        if ctx is not None:
-            shutdown_distributed()
+    _in_processes(cfg, _pretrain_run)
 
 
 def _pretrain_run(cfg: DictConfig, ctx: DistributedContext | None) -> None:

@@ -5,6 +5,8 @@ from fewshot.evaluation.harness import (
     EpisodeSpec,
     EvaluationResult,
     LearnerResult,
+    OneProcess,
+    Shards,
     evaluate,
     evaluate_settings,
 )
@@ -26,7 +28,9 @@ __all__ = [
     "EpisodeSpec",
     "EvaluationResult",
     "LearnerResult",
+    "OneProcess",
     "PairedComparison",
+    "Shards",
     "collect_provenance",
     "csv_rows",
     "evaluate",

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +23,28 @@ from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_compa
 from fewshot.learners.base import EmbeddingLearner, Learner
 
 logger = logging.getLogger(__name__)
+
+
+class Shards(Protocol):
+    """How one process takes part in an evaluation shared by several (see
+    :func:`fewshot.training.distributed.evaluate_distributed`): which block of the work is its own, and how
+    the per-block results of all processes are put back together in order."""
+
+    def block(self, count: int) -> tuple[int, int]:
+        """[lo, hi) of this process's contiguous share of ``count`` items."""
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """Every process's (n_p, ...) rows, concatenated in process order."""
+
+
+class OneProcess:
+    """The :class:`Shards` of an evaluation run by one process: all the work, nothing to gather."""
+
+    def block(self, count: int) -> tuple[int, int]:
+        return 0, count
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return local
 
 
 @dataclass(frozen=True)
@@ -157,8 +179,9 @@ def _embed_rows(learner: EmbeddingLearner, dataset: FewShotDataset, rows: torch.
 
 def _score_features(name: str, learner: EmbeddingLearner, features: torch.Tensor, rows: torch.Tensor,
                     picks: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunks: tuple[torch.Tensor, ...], *,
-                    n_way: int, n_shot: int, n_query: int, bar: tqdm) -> torch.Tensor:
-    """Score each batch of episodes on precomputed ``features`` of the sorted dataset ``rows``."""
+                    n_way: int, n_shot: int, n_query: int, bar: tqdm) -> list[torch.Tensor]:
+    """Score each batch of episodes on precomputed ``features`` of the sorted dataset ``rows``: one (b,)
+    float64 accuracy tensor per batch of ``chunks``; ``picks`` hold the rows of exactly those episodes."""
     support_idx, query_idx, _ = picks
     device = features.device
     support_local = torch.searchsorted(rows, support_idx.contiguous())
@@ -174,7 +197,7 @@ def _score_features(name: str, learner: EmbeddingLearner, features: torch.Tensor
         scores.append(_accuracy(logits, query_y.expand(b, -1), n_way, name))
         bar.update(b)
         start = stop
-    return torch.cat(scores)
+    return scores
 
 
 def evaluate(
@@ -236,10 +259,14 @@ def evaluate_settings(
     embed_chunk: int = 1024,
     train_dataset: str | None = None,
     permutations: int = 10_000,
+    shards: Shards | None = None,
 ) -> list[EvaluationResult]:
     """:func:`evaluate` for several ``(n_way, n_shot)`` settings, one result each, in order.
 
-    An :class:`EmbeddingLearner` embeds each image used by any setting only once.
+    An :class:`EmbeddingLearner` embeds each image used by any setting only once. With ``shards`` (several
+    processes, each calling this), a process embeds its block of the ``embed_chunk`` image chunks and scores its
+    block of the ``batch_size`` episode batches; features and accuracies are gathered in order, so every process
+    returns the one-process results bit for bit.
     """
     if not settings:
         raise ValueError("settings must list at least one (n_way, n_shot) pair, e.g. [(5, 1)]")
@@ -248,17 +275,21 @@ def evaluate_settings(
     if batch_size < 1 or embed_chunk < 1:
         raise ValueError(f"batch_size and embed_chunk must be >= 1, got {batch_size} and {embed_chunk}")
     device = torch.device(device)
+    shards = shards or OneProcess()
     _check_learners(learners, device)
     data = dataset.to(device)
     samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
                 for w, k in settings]
     ids = torch.arange(episodes, device=device)
     chunks = ids.split(batch_size)
+    lo, hi = shards.block(len(chunks))
+    mine = chunks[lo:hi]  # this process's episode batches
+    first, last = (int(mine[0][0]), int(mine[-1][-1]) + 1) if mine else (0, 0)
     embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
     direct = {k: v for k, v in learners.items() if k not in embedded}
     modes = {name: learner.training for name, learner in learners.items()}
-    accuracies: list[dict[str, torch.Tensor]] = [{} for _ in settings]
-    bar = tqdm(total=episodes * len(learners) * len(settings), disable=not progress, unit="episode",
+    scores: list[dict[str, list[torch.Tensor]]] = [{name: [] for name in learners} for _ in settings]
+    bar = tqdm(total=(last - first) * len(learners) * len(settings), disable=not progress, unit="episode",
                desc=f"evaluate {data.name}")
     try:
         for learner in learners.values():
@@ -267,23 +298,28 @@ def evaluate_settings(
         rows = torch.unique(torch.cat([t.flatten() for p in picks for t in p[:2]])) if embedded else None
         for name, learner in embedded.items():
             bar.set_postfix_str(name)
-            features = _embed_rows(learner, data, rows, embed_chunk)
+            row_chunks = rows.split(embed_chunk)
+            a, b = shards.block(len(row_chunks))
+            features = shards.gather(_embed_rows(learner, data, torch.cat(row_chunks[a:b]) if b > a else rows[:0],
+                                                 embed_chunk))
             for k, (n_way, n_shot) in enumerate(settings):
-                accuracies[k][name] = _score_features(name, learner, features, rows, picks[k], chunks, n_way=n_way,
-                                                      n_shot=n_shot, n_query=n_query, bar=bar)
+                part = tuple(t[first:last] for t in picks[k])
+                scores[k][name] = _score_features(name, learner, features, rows, part, mine, n_way=n_way,
+                                                  n_shot=n_shot, n_query=n_query, bar=bar)
         for k, ((n_way, _), sampler) in enumerate(zip(settings, samplers, strict=True)):
-            scores: dict[str, list[torch.Tensor]] = {name: [] for name in direct}
-            for part in chunks if direct else ():
+            for part in mine if direct else ():
                 batch = sampler.batch(part)
                 for name, learner in direct.items():
                     bar.set_postfix_str(name)
-                    scores[name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
+                    scores[k][name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
                     bar.update(len(part))
-            accuracies[k].update({name: torch.cat(parts) for name, parts in scores.items()})
     finally:
         bar.close()
         for name, learner in learners.items():
             learner.train(modes[name])
+    empty = torch.zeros(0, dtype=torch.float64)
+    accuracies = [{name: shards.gather(torch.cat(parts) if parts else empty) for name, parts in by_name.items()}
+                  for by_name in scores]
     return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
                     seed=seed, train_dataset=train_dataset, permutations=permutations)
             for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]

@@ -33,24 +33,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from tqdm.auto import tqdm
 
 from episodes import FewShotDataset
 from episodes.sampler import EpisodeSampler
-from fewshot.evaluation.harness import (
-    EvaluationResult,
-    _accuracy,
-    _check_learners,
-    _embed_rows,
-    _result,
-    _score_features,
-    evaluate_settings,
-)
+from fewshot.evaluation.harness import EvaluationResult, evaluate_settings
 from fewshot.learners.base import EmbeddingLearner, Learner, MetaLearner
 from fewshot.training.meta_train import TrainResult, TrainSettings, Validator, meta_train
 
-__all__ = ["DistributedContext", "GlobalBatchNorm", "GradientAverager", "all_gather_rows", "broadcast_state",
-           "distributed_meta_train", "evaluate_distributed", "init_distributed", "shutdown_distributed"]
+__all__ = [
+    "DistributedContext",
+    "GlobalBatchNorm",
+    "GradientAverager",
+    "RankShards",
+    "all_gather_rows",
+    "broadcast_state",
+    "distributed_meta_train",
+    "evaluate_distributed",
+    "init_distributed",
+    "shutdown_distributed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +281,20 @@ def all_gather_rows(local: torch.Tensor, ctx: DistributedContext) -> torch.Tenso
     return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(local.device)
 
 
-def _my_block(items: Sequence[torch.Tensor], ctx: DistributedContext) -> tuple[int, int]:
-    """[lo, hi) of this rank's contiguous block of ``items`` (blocks differ in size by at most one)."""
-    per, extra = divmod(len(items), ctx.world_size)
-    lo = ctx.rank * per + min(ctx.rank, extra)
-    return lo, lo + per + (ctx.rank < extra)
+@dataclass(frozen=True)
+class RankShards:
+    """The harness's :class:`~fewshot.evaluation.harness.Shards` for the ranks of ``ctx``: contiguous blocks
+    that differ in size by at most one, gathered in rank order."""
+
+    ctx: DistributedContext
+
+    def block(self, count: int) -> tuple[int, int]:
+        per, extra = divmod(count, self.ctx.world_size)
+        lo = self.ctx.rank * per + min(self.ctx.rank, extra)
+        return lo, lo + per + (self.ctx.rank < extra)
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return all_gather_rows(local, self.ctx)
 
 
 def evaluate_distributed(
@@ -309,53 +319,7 @@ def evaluate_distributed(
     all-gathered in order, so every rank returns results identical to the one-process call, bit for bit.
     Call it on every rank, with learners on ``ctx.device``.
     """
-    if ctx.world_size == 1:
-        return evaluate_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes,
-                                 seed=seed, batch_size=batch_size, device=ctx.device, progress=False,
-                                 embed_once=embed_once, embed_chunk=embed_chunk, train_dataset=train_dataset,
-                                 permutations=permutations)
-    if not settings or episodes < 2 or batch_size < 1 or embed_chunk < 1:
-        raise ValueError(f"need at least one (n_way, n_shot) setting, episodes >= 2, batch_size >= 1 and "
-                         f"embed_chunk >= 1; got {list(settings)}, {episodes}, {batch_size}, {embed_chunk}")
-    _check_learners(learners, ctx.device)
-    data = dataset.to(ctx.device)
-    samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
-                for w, k in settings]
-    ids = torch.arange(episodes, device=ctx.device)
-    chunks = ids.split(batch_size)
-    lo, hi = _my_block(chunks, ctx)
-    mine = chunks[lo:hi]
-    first, last = (int(mine[0][0]), int(mine[-1][-1]) + 1) if mine else (0, 0)
-    embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
-    modes = {name: learner.training for name, learner in learners.items()}
-    accuracies: list[dict[str, torch.Tensor]] = [{} for _ in settings]
-    quiet = tqdm(disable=True)
-    try:
-        for learner in learners.values():
-            learner.eval()
-        picks = [sampler.indices(ids) for sampler in samplers] if embedded else []
-        rows = torch.unique(torch.cat([t.flatten() for p in picks for t in p[:2]])) if embedded else None
-        for name, learner in embedded.items():
-            row_chunks = rows.split(embed_chunk)
-            a, b = _my_block(row_chunks, ctx)
-            local = _embed_rows(learner, data, torch.cat(row_chunks[a:b]) if b > a else rows[:0], embed_chunk)
-            features = all_gather_rows(local, ctx)
-            for k, (n_way, n_shot) in enumerate(settings):
-                part = tuple(t[first:last] for t in picks[k])
-                scores = _score_features(name, learner, features, rows, part, mine, n_way=n_way, n_shot=n_shot,
-                                         n_query=n_query, bar=quiet) if mine else torch.zeros(0, dtype=torch.float64)
-                accuracies[k][name] = all_gather_rows(scores, ctx)
-        for k, ((n_way, _), sampler) in enumerate(zip(settings, samplers, strict=True)):
-            for name, learner in learners.items():
-                if name in embedded:
-                    continue
-                scores = [_accuracy(learner.predict(batch), batch.query_y, n_way, name)
-                          for batch in (sampler.batch(part) for part in mine)]
-                local = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
-                accuracies[k][name] = all_gather_rows(local, ctx)
-    finally:
-        for name, learner in learners.items():
-            learner.train(modes[name])
-    return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
-                    seed=seed, train_dataset=train_dataset, permutations=permutations)
-            for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]
+    return evaluate_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, seed=seed,
+                             batch_size=batch_size, device=ctx.device, progress=False, embed_once=embed_once,
+                             embed_chunk=embed_chunk, train_dataset=train_dataset, permutations=permutations,
+                             shards=RankShards(ctx))
