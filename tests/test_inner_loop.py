@@ -101,6 +101,31 @@ def test_first_and_second_order_differ_unless_inner_lr_is_zero() -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_parameters(batched: bool) -> None:
+    """FOMAML's meta-gradient is the mean over tasks of the query-loss gradient taken at the adapted
+    parameters (Finn et al. 2017, section 5.2), computed here with plain autograd on a copy of the net."""
+    batch = random_batch(3, 3, 2, 2)
+    learner = make_maml(inner_lr=0.5, inner_steps=2, first_order=True, batched=batched)
+    names = [n for n, _ in learner.named_parameters()]
+    expected = [torch.zeros_like(p) for p in learner.parameters()]
+    net = nn.Sequential(learner.backbone, learner.head).train()  # train mode: each batch's statistics
+    for t in range(batch.n_tasks):
+        params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+        for _ in range(2):
+            loss = F.cross_entropy(torch.func.functional_call(net, params, (batch.support_x[t],)), batch.support_y[t])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {n: (p - 0.5 * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads,
+                                                                                          strict=True)}
+        query = F.cross_entropy(torch.func.functional_call(net, params, (batch.query_x[t],)), batch.query_y[t])
+        for total, g in zip(expected, torch.autograd.grad(query, list(params.values())), strict=True):
+            total += g / batch.n_tasks
+    got = meta_grad(learner, batch)
+    assert len(names) == len(got)
+    for name, a, b in zip(names, got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_one_inner_step_matches_hand_computation() -> None:
     torch.manual_seed(0)
     learner = MAML(TinyLinear(16, 5), n_way=3, inner_lr=0.3, eval_inner_steps=1).double()
@@ -117,13 +142,14 @@ def test_one_inner_step_matches_hand_computation() -> None:
     torch.testing.assert_close(learner.predict(batch)[0], expected, rtol=1e-10, atol=1e-12)
 
 
-def test_gradient_update_and_adapt_on_a_quadratic() -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_gradient_update_and_adapt_on_a_quadratic(batched: bool) -> None:
     params = {"w": torch.tensor([1.0, -2.0]), "fixed": torch.tensor(3.0)}
     new = gradient_update(params, {"w": torch.tensor([0.5, 0.5])}, {"w": 2.0})
     assert torch.equal(new["w"], torch.tensor([0.0, -3.0])) and new["fixed"] is params["fixed"]
     # loss = 0.5 * |w|^2 * fixed: each step multiplies w by (1 - lr * fixed)
     adapted, losses = adapt(lambda p: 0.5 * (p["w"] ** 2).sum() * p["fixed"], params, ["w"], steps=2,
-                            step_sizes={"w": 0.1}, first_order=False)
+                            step_sizes={"w": 0.1}, first_order=False, batched=batched)
     torch.testing.assert_close(adapted["w"], params["w"] * 0.7 ** 2)
     torch.testing.assert_close(losses, torch.tensor([7.5, 7.5 * 0.49]))
     assert torch.equal(adapted["fixed"], params["fixed"])

@@ -189,7 +189,7 @@ class BackboneFineTune(FineTune):
             return F.cross_entropy(logits(p, support_x), support_y) + 0.5 * self.weight_decay * decay
 
         adapted, losses = adapt(loss_fn, {**params, **head}, names, steps=self.steps, step_sizes=sizes,
-                                first_order=True, momentum=MOMENTUM)
+                                first_order=True, batched=batched, momentum=MOMENTUM)
         return logits(adapted, query_x), losses
 
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:

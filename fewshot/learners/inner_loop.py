@@ -2,8 +2,9 @@
 
 Parameters travel as plain ``{name: tensor}`` dicts (torchmeta style) and modules are called with
 :func:`torch.func.functional_call`, so the learner's own ``nn.Parameter`` objects are never modified.
-Gradients come from :func:`torch.func.grad`; its result stays differentiable for ordinary autograd
-outside, which gives the second-order meta-gradient (Finn et al. 2017) unless ``first_order``.
+Gradients come from :func:`torch.func.grad` under ``vmap`` and from :func:`torch.autograd.grad` on the
+sequential path (less overhead per step); with ``create_graph`` they stay differentiable for ordinary
+autograd outside, which gives the second-order meta-gradient (Finn et al. 2017) unless ``first_order``.
 
 :func:`map_tasks` runs a per-task function either sequentially (a Python loop over tasks) or with
 :func:`torch.func.vmap` (all tasks in one set of kernels). Both paths run the same per-task code; with
@@ -42,8 +43,8 @@ def gradient_update(params: Mapping[str, torch.Tensor], grads: Mapping[str, torc
 
 
 def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.Tensor], adapted: Sequence[str], *,
-          steps: int, step_sizes: Mapping[str, torch.Tensor | float], first_order: bool, momentum: float = 0.0,
-          ) -> tuple[Params, torch.Tensor]:
+          steps: int, step_sizes: Mapping[str, torch.Tensor | float], first_order: bool, batched: bool,
+          momentum: float = 0.0) -> tuple[Params, torch.Tensor]:
     """Take ``steps`` gradient steps on ``loss_fn`` for the parameters named in ``adapted``.
 
     Args:
@@ -53,6 +54,7 @@ def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.
         steps: number of inner steps (0 returns ``params`` unchanged).
         step_sizes: per adapted name, a float or a broadcastable tensor.
         first_order: treat inner gradients as constants for the outer gradient (FOMAML).
+        batched: True when called under :func:`torch.func.vmap` (gradients by :func:`torch.func.grad`).
         momentum: heavy-ball momentum as ``torch.optim.SGD`` (``v = momentum * v + g``, step ``-lr * v``,
             ``v = g`` on the first step); 0 is plain gradient descent.
     Returns:
@@ -62,15 +64,11 @@ def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.
     losses = []
     velocity: Params = {}
     for _ in range(steps):
-        fixed = {k: v for k, v in params.items() if k not in adapted}
-
-        def loss_of(sub: Params, fixed: Params = fixed) -> tuple[torch.Tensor, torch.Tensor]:
-            loss = loss_fn({**fixed, **sub})
-            return loss, loss.detach()
-
-        grads, loss = torch.func.grad(loss_of, has_aux=True)({k: params[k] for k in adapted})
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
+        # First order: differentiate at detached values, so no graph of the inner backward is recorded for
+        # the outer gradient (the same gradients, at the cost of an ordinary backward).
+        point = {k: v.detach() for k, v in params.items()} if first_order else params
+        grads, loss = (_func_grad(loss_fn, point, adapted) if batched
+                       else _autograd_grad(loss_fn, point, adapted, create_graph=not first_order))
         if momentum:
             velocity = {k: momentum * velocity[k] + g if k in velocity else g for k, g in grads.items()}
             grads = velocity
@@ -78,6 +76,29 @@ def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.
         losses.append(loss)
     stacked = torch.stack(losses) if losses else torch.zeros(0, device=next(iter(params.values())).device)
     return params, stacked
+
+
+def _func_grad(loss_fn: Callable[[Params], torch.Tensor], point: Params, adapted: Sequence[str],
+               ) -> tuple[Params, torch.Tensor]:
+    """(gradient of ``loss_fn`` at ``point`` for the ``adapted`` names, detached loss), vmap-compatible.
+    The gradient is differentiable by outer autograd whenever ``point`` is."""
+    fixed = {k: v for k, v in point.items() if k not in adapted}
+
+    def loss_of(sub: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = loss_fn({**fixed, **sub})
+        return loss, loss.detach()
+
+    return torch.func.grad(loss_of, has_aux=True)({k: point[k] for k in adapted})
+
+
+def _autograd_grad(loss_fn: Callable[[Params], torch.Tensor], point: Params, adapted: Sequence[str],
+                   *, create_graph: bool) -> tuple[Params, torch.Tensor]:
+    """:func:`_func_grad` with :func:`torch.autograd.grad`, for the sequential path; ``create_graph`` keeps the
+    gradient differentiable (second order)."""
+    inputs = {k: point[k] if point[k].requires_grad else point[k].detach().requires_grad_() for k in adapted}
+    loss = loss_fn({**point, **inputs})
+    grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph)
+    return dict(zip(inputs, grads, strict=True)), loss.detach()
 
 
 def map_tasks(fn: Callable[..., tuple[torch.Tensor, ...]], *tensors: torch.Tensor, batched: bool,

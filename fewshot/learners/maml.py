@@ -121,11 +121,12 @@ class MAML(MetaLearner):
             support_f = self._features(params, support_x, primitives=batched)
             query_f = self._query_features(params, support_x, query_x, primitives=batched)
             adapted, losses = adapt(lambda p: F.cross_entropy(self._head(p, support_f), support_y), params,
-                                    self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
+                                    self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order,
+                                    batched=batched)
             return self._head(adapted, query_f), losses
         adapted, losses = adapt(
             lambda p: F.cross_entropy(self._head(p, self._features(p, support_x, primitives=batched)), support_y),
-            params, self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order)
+            params, self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order, batched=batched)
         return self._head(adapted, self._query_features(adapted, support_x, query_x, primitives=batched)), losses
 
     def _check_way(self, batch: EpisodeBatch) -> None:

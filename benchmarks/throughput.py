@@ -1,0 +1,454 @@
+"""Throughput of fewshot against the tools people use today, side by side, as ratios measured in one run.
+
+Sections (``--sections``, all by default):
+
+- ``sampling``: Omniglot 5-way 1-shot 15-query episodes per second: ``EpisodeSampler.batch`` (32 ids per
+  call) against a plain Python sampler and learn2learn's ``Taskset``.
+- ``maml``: MAML meta-gradients (inner loop on every task, query loss, outer backward), meta-batch
+  8/32/128 x 1 and 5 inner steps x second and first order, on Omniglot-shaped 5-way 1-shot tasks with
+  one query per class (the shape of Finn et al.'s Omniglot training); fewshot against a plain
+  ``torch.autograd.grad`` loop, higher, torchopt and learn2learn. Tasks per second and peak memory.
+- ``protonet``: ProtoNet Adam steps on 60-way 1-shot 5-query episodes (Snell et al.'s Omniglot
+  training): fewshot's ``meta_train_step`` against a plain loop.
+- ``eval``: 600 fixed Omniglot test episodes (5-way 1-shot, 15 queries per class) per learner
+  (ProtoNet, MAML with 3 inner steps, a linear head on frozen features): fewshot's harness against the
+  per-episode loop a user writes (plus higher and learn2learn for MAML). Random Conv4 weights: speed does
+  not depend on them; the mean accuracies show every implementation scored the same episodes the same way.
+
+Every measurement runs in its own subprocess: one warm-up call (its value is compared across
+implementations), then calls until ``--seconds`` have passed (at least one). Peak memory is the rise of
+``ru_maxrss`` over the calls on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Achieved FLOP/s use the
+plain loop's FLOPs per call (counted with ``torch.utils.flop_counter``), against the float32 matmul rate
+measured at the start of the run.
+
+    PYTHONPATH=. python benchmarks/throughput.py --threads 2 --learn2learn-src <built tree> [--device cuda]
+
+Writes benchmarks/results/throughput_<device>.md, .json and .png (the plot needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import peers
+
+from episodes.sampler import EpisodeSampler
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("sampling", "maml", "protonet", "eval")
+MAML_GRID = [(order, meta_batch, steps) for order in ("second", "first") for meta_batch in (8, 32, 128)
+             for steps in (1, 5)]
+EVAL = {"episodes": 600, "n_way": 5, "n_shot": 1, "n_query": 15, "inner_lr": 0.4, "inner_steps": 3,
+        "finetune_steps": 100, "finetune_lr": 0.01}
+
+
+# --------------------------------------------------------------------------- measuring (child processes)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(call: Callable[[], float], device: torch.device, seconds: float, units: int,
+            flops_of: Callable[[], float] | None = None, warmup: Callable[[], float] | None = None) -> dict:
+    """Warm-up call, optional FLOP count (one more call), then calls until ``seconds`` have passed.
+
+    ``units``: tasks or episodes per call. ``warmup``: a cheaper call to warm up with instead of ``call``.
+    Returns the value of the first ``call``, units per second, seconds per call, FLOPs per call and peak memory
+    in MiB.
+    """
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+    first = (warmup or call)()
+    flops = flops_of() if flops_of is not None else None
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        value = call()
+        first = value if warmup is not None and calls == 0 else first
+        calls += 1
+        sync(device)
+    elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+    return {"value": first, "per_s": units * calls / elapsed, "s_per_call": elapsed / calls, "calls": calls,
+            "flops_per_call": flops, "peak_mib": peak}
+
+
+def count_flops(call: Callable[[], float]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return float(counter.get_total_flops())
+
+
+def child_maml(spec: dict, device: torch.device) -> dict:
+    net = peers.conv4_with_head(5, device)
+    batch = peers.synthetic_tasks(spec["meta_batch"], 5, 1, 1, device)
+    step = peers.maml_step(spec["impl"], net, inner_lr=0.4, inner_steps=spec["inner_steps"],
+                           first_order=spec["order"] == "first", learn2learn_src=spec.get("learn2learn_src"))
+    flops = (lambda: count_flops(lambda: step(batch))) if spec["impl"] == "plain-loop" else None
+    return measure(lambda: step(batch), device, spec["seconds"], spec["meta_batch"], flops)
+
+
+def child_protonet(spec: dict, device: torch.device) -> dict:
+    batch = peers.synthetic_tasks(1, 60, 1, 5, device)
+    step = peers.protonet_step(spec["impl"], device)
+    flops = (lambda: count_flops(lambda: step(batch))) if spec["impl"] == "plain-loop" else None
+    return measure(lambda: step(batch), device, spec["seconds"], 1, flops)
+
+
+def child_eval(spec: dict, device: torch.device) -> dict:
+    """All 600 episodes per call (warm-up: the first 50); the value is the mean accuracy."""
+    from episodes.datasets import load_omniglot
+    from fewshot.evaluation import evaluate
+    from fewshot.learners import MAML, FineTune, ProtoNet
+
+    e = EVAL
+    dataset = load_omniglot(split="test").to(device)
+    net = peers.conv4_with_head(e["n_way"], device)
+    kind, impl = spec["learner"], spec["impl"]
+    if kind != "maml":
+        net.eval()
+    if impl == "fewshot":
+        learner = {"protonet": lambda: ProtoNet(net[0]),
+                   "maml": lambda: MAML(net[0], n_way=e["n_way"], inner_lr=e["inner_lr"],
+                                        eval_inner_steps=e["inner_steps"]),
+                   "finetune": lambda: FineTune(net[0], steps=e["finetune_steps"], lr=e["finetune_lr"])}[kind]()
+        if kind == "maml":
+            learner.head = net[1]
+
+        def run(episodes: int) -> float:
+            return evaluate({kind: learner}, dataset, n_way=e["n_way"], n_shot=e["n_shot"], n_query=e["n_query"],
+                            episodes=episodes, seed=0, batch_size=50, device=device, progress=False,
+                            permutations=0)[kind].mean
+    else:
+        sampler = EpisodeSampler(dataset, n_way=e["n_way"], n_shot=e["n_shot"], n_query=e["n_query"], seed=0,
+                                 num_episodes=e["episodes"])
+        score = peers.episode_scorer(kind, impl, net, inner_lr=e["inner_lr"], inner_steps=e["inner_steps"],
+                                     finetune_steps=e["finetune_steps"], finetune_lr=e["finetune_lr"],
+                                     learn2learn_src=spec.get("learn2learn_src"))
+
+        def run(episodes: int) -> float:
+            return sum(score(sampler.batch(torch.tensor([i]))) for i in range(episodes)) / episodes
+    return measure(lambda: run(e["episodes"]), device, spec["seconds"], e["episodes"], warmup=lambda: run(50))
+
+
+def run_child(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    return {"maml": child_maml, "protonet": child_protonet, "eval": child_eval}[spec["section"]](spec, device)
+
+
+def spawn(spec: dict) -> dict:
+    """Run one measurement in a fresh process; a failure becomes {"error": last line of stderr}."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return spec | {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return spec | json.loads(lines[-1][len("RESULT "):])
+
+
+# --------------------------------------------------------------------------- sections (parent process)
+def matmul_peak(device: torch.device, seconds: float = 2.0) -> float:
+    """Measured float32 matmul FLOP/s (square matrices) with this process's threads."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    sync(device)
+    return 2 * n**3 * calls / (time.perf_counter() - start)
+
+
+def section_sampling(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """In-process episodes per second on the Vinyals train split (no model, so no memory column)."""
+    import bench_sampling
+
+    from episodes.datasets import load_omniglot
+
+    dataset = load_omniglot(split="train").to(device)
+    sampler = EpisodeSampler(dataset, n_way=5, n_shot=1, n_query=15, seed=0, num_episodes=10**9)
+    starts = iter(range(0, 10**9, 32))
+
+    def fewshot() -> int:  # 32 new episode ids per call
+        start = next(starts)
+        return sampler.batch(torch.arange(start, start + 32, device=device)).n_tasks
+
+    cases: dict[str, Callable[[], int]] = {"fewshot": fewshot}
+    r = random.Random(0)
+    cpu_data = dataset.to("cpu")
+    cases["plain-loop"] = lambda: bench_sampling.python_loop_episode(cpu_data, 5, 1, 15, r).classes.shape[0] // 5
+    if args.learn2learn_src is not None:
+        cases["learn2learn"] = bench_sampling.learn2learn_taskset(args.learn2learn_src, cpu_data, 5, 16)
+    rows = []
+    for impl, call in cases.items():
+        rate = bench_sampling.rate(call, args.seconds)
+        rows.append({"section": "sampling", "impl": impl, "per_s": rate["wall"], "per_cpu_s": rate["cpu"]})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.learn2learn_src is None:
+        rows.append({"section": "sampling", "impl": "learn2learn", "error": "not run: no --learn2learn-src"})
+    return rows
+
+
+def section_maml(args: argparse.Namespace, base: dict) -> list[dict]:
+    rows = []
+    for order, meta_batch, steps in MAML_GRID:
+        for impl in peers.MAML_IMPLS:
+            spec = base | {"section": "maml", "impl": impl, "order": order, "meta_batch": meta_batch,
+                           "inner_steps": steps}
+            if impl == "learn2learn" and args.learn2learn_src is None:
+                rows.append(spec | {"error": "not run: no --learn2learn-src"})
+                continue
+            rows.append(spawn(spec))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def section_protonet(args: argparse.Namespace, base: dict) -> list[dict]:
+    rows = []
+    for impl in peers.PROTONET_IMPLS:
+        rows.append(spawn(base | {"section": "protonet", "impl": impl}))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def section_eval(args: argparse.Namespace, base: dict) -> list[dict]:
+    rows = []
+    for learner, impls in peers.EVAL_IMPLS.items():
+        for impl in impls:
+            spec = base | {"section": "eval", "learner": learner, "impl": impl}
+            if impl == "learn2learn" and args.learn2learn_src is None:
+                rows.append(spec | {"error": "not run: no --learn2learn-src"})
+                continue
+            rows.append(spawn(spec))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+def _config(row: dict) -> str:
+    if row["section"] == "maml":
+        return f"{row['order']} order, meta-batch {row['meta_batch']}, {row['inner_steps']} inner step(s)"
+    if row["section"] == "eval":
+        return row["learner"]
+    return {"sampling": "Omniglot 5-way 1-shot 15-query", "protonet": "60-way 1-shot 5-query, Conv4"}[row["section"]]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One line per (section, configuration): each implementation's rate, and fewshot's ratio to the best
+    peer and to the plain loop (above 1: fewshot is faster). Checks the warm-up values agree."""
+    lines: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        line = lines.setdefault((row["section"], _config(row)), {"section": row["section"], "config": _config(row),
+                                                                 "impls": {}})
+        line["impls"][row["impl"]] = row
+    for line in lines.values():
+        ok = {k: r for k, r in line["impls"].items() if "error" not in r}
+        ours = ok.get("fewshot")
+        others = {k: r["per_s"] for k, r in ok.items() if k != "fewshot"}
+        if ours is not None and others:
+            best = max(others, key=others.get)
+            line["best_peer"] = best
+            line["vs_best_peer"] = ours["per_s"] / others[best]
+            if "plain-loop" in others:
+                line["vs_plain_loop"] = ours["per_s"] / others["plain-loop"]
+        values = [r["value"] for r in ok.values() if r.get("value") is not None]
+        if len(values) > 1 and line["section"] != "sampling":
+            scale = max(abs(v) for v in values) or 1.0
+            line["value_spread"] = (max(values) - min(values)) / scale
+    return list(lines.values())
+
+
+UNITS = {"sampling": "episodes/s", "maml": "tasks/s", "protonet": "steps/s", "eval": "episodes/s"}
+TITLES = {"sampling": "Episode sampling", "maml": "MAML meta-training (meta-gradients)",
+          "protonet": "ProtoNet training steps", "eval": "Evaluation of 600 test episodes per learner"}
+
+
+def _cell(row: dict | None, section: str) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "not run" if row["error"].startswith("not run") else "failed"
+    text = f"{row['per_s']:,.1f}" if row["per_s"] < 100 else f"{row['per_s']:,.0f}"
+    if section != "sampling":
+        text += f" ({row['peak_mib']:,.0f} MiB)"
+    return text
+
+
+def markdown(meta: dict, lines: list[dict], rows: list[dict]) -> str:
+    out = [f"# Throughput on {meta['device_name']}: fewshot against the tools people use", "",
+           f"Command: `{meta['command']}`  ",
+           f"torch {meta['torch']}, Python {meta['python']}, {meta['cpu_cores']} CPU cores, {meta['threads']} torch "
+           f"thread(s) per process; float32 matmul peak measured at the start: "
+           f"{meta['matmul_peak_flops'] / 1e9:,.1f} GFLOP/s. 1-minute load average at start "
+           f"{meta['load_average_at_start']:.1f}, at end {meta['load_average_at_end']:.1f}.  ",
+           f"Each cell: rate (peak memory: {meta['memory_kind']}). Ratios are fewshot's rate over the peer's "
+           "(above 1: fewshot is faster), measured in this run.", ""]
+    for section in SECTIONS:
+        sec = [line for line in lines if line["section"] == section]
+        if not sec:
+            continue
+        impls = list(dict.fromkeys(k for line in sec for k in line["impls"]))
+        out += [f"## {TITLES[section]} ({UNITS[section]})", "",
+                "| configuration | " + " | ".join(impls) + " | fewshot ÷ best peer | fewshot ÷ plain loop |",
+                "|---|" + "---:|" * (len(impls) + 2)]
+        for line in sec:
+            ratios = [f"{line[k]:.2f}x" if k in line else "-" for k in ("vs_best_peer", "vs_plain_loop")]
+            if "best_peer" in line:
+                ratios[0] += f" ({line['best_peer']})"
+            out.append(f"| {line['config']} | " + " | ".join(_cell(line["impls"].get(k), section) for k in impls)
+                       + " | " + " | ".join(ratios) + " |")
+        out.append("")
+        if section == "maml":
+            out += _flops_table(sec, meta)
+        if section == "eval":
+            accuracies = "; ".join(f"{line['config']}: " + ", ".join(
+                f"{k} {100 * r['value']:.2f}%" for k, r in line["impls"].items() if "error" not in r) for line in sec)
+            out += ["Mean accuracy over the 600 episodes (random weights; equal values mean the same episodes were "
+                    f"scored the same way): {accuracies}.", ""]
+        spreads = [line for line in sec if line.get("value_spread", 0) > 1e-4]
+        if section in ("maml", "protonet"):
+            out += ["Warm-up values (first meta-loss) agree across implementations to "
+                    f"{max((line.get('value_spread', 0) for line in sec), default=0):.1e} relative"
+                    + (f"; differing: {', '.join(line['config'] for line in spreads)}" if spreads else "") + ".", ""]
+    errors = [r for r in rows if "error" in r and not r["error"].startswith("not run")]
+    skipped = sorted({r["impl"] + ": " + r["error"] for r in rows if "error" in r and r["error"].startswith("not run")})
+    if errors or skipped:
+        out += ["## Not measured", ""]
+        out += [f"- {r['section']} {_config(r)} {r['impl']}: failed: `{r['error']}`" for r in errors]
+        out += [f"- {s}" for s in skipped]
+        out.append("")
+    out += ["## learn2learn", "", meta["learn2learn"], ""]
+    return "\n".join(out)
+
+
+def _flops_table(sec: list[dict], meta: dict) -> list[str]:
+    out = ["Achieved throughput, counting the plain loop's FLOPs per meta-gradient (the same model and tasks) "
+           "against the matmul peak above:", "",
+           "| configuration | GFLOP per meta-gradient | fewshot GFLOP/s | % of peak | best peer GFLOP/s |",
+           "|---|---:|---:|---:|---:|"]
+    for line in sec:
+        plain, ours = line["impls"].get("plain-loop", {}), line["impls"].get("fewshot", {})
+        flops = plain.get("flops_per_call")
+        if not flops or "error" in ours:
+            continue
+        achieved = flops / ours["s_per_call"]
+        best = line["impls"].get(line.get("best_peer", ""), {})
+        best_rate = f"{flops / best['s_per_call'] / 1e9:,.1f}" if "s_per_call" in best else "-"
+        out.append(f"| {line['config']} | {flops / 1e9:,.2f} | {achieved / 1e9:,.1f} | "
+                   f"{100 * achieved / meta['matmul_peak_flops']:.1f} | {best_rate} |")
+    return [*out, ""]
+
+
+def plot(lines: list[dict], path: Path, title: str) -> bool:
+    """Bars of fewshot's ratio to the best peer and to the plain loop, one panel per section."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sections = [s for s in SECTIONS if any(line["section"] == s and "vs_best_peer" in line for line in lines)]
+    heights = [sum(line["section"] == s for line in lines) for s in sections]
+    fig, axes = plt.subplots(len(sections), 1, figsize=(9, 1.2 + 0.45 * sum(heights) + 0.6 * len(sections)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, section in zip(axes[:, 0], sections, strict=True):
+        sec = [line for line in lines if line["section"] == section and "vs_best_peer" in line]
+        y = range(len(sec))
+        ax.barh([i + 0.2 for i in y], [line["vs_best_peer"] for line in sec], height=0.4, label="÷ best peer")
+        ax.barh([i - 0.2 for i in y], [line.get("vs_plain_loop", 0) for line in sec], height=0.4,
+                label="÷ plain loop")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_yticks(list(y), [line["config"] for line in sec], fontsize=8)
+        ax.set_title(f"{TITLES[section]}: fewshot speed ratio", fontsize=9)
+        ax.invert_yaxis()
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement (at least 1 call)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--learn2learn-src", type=Path, default=None,
+                        help="a learn2learn 0.2.0 source tree built in place (see peers.LEARN2LEARN_BUILD)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_child(json.loads(args.child))), flush=True)
+        return
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    meta = {"command": "PYTHONPATH=. python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+            "torch": torch.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
+            "threads": args.threads, "device": args.device,
+            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.machine()})",
+            "memory_kind": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "rise of max RSS",
+            "load_average_at_start": os.getloadavg()[0], "matmul_peak_flops": matmul_peak(device),
+            "eval": EVAL, "learn2learn": peers.LEARN2LEARN_BUILD}
+    base = {"device": args.device, "threads": args.threads, "seconds": args.seconds,
+            "learn2learn_src": str(args.learn2learn_src) if args.learn2learn_src else None}
+    rows: list[dict] = []
+    for section in sections:
+        if section == "sampling":
+            rows += section_sampling(args, device)
+        else:
+            rows += {"maml": section_maml, "protonet": section_protonet, "eval": section_eval}[section](args, base)
+    meta["load_average_at_end"] = os.getloadavg()[0]
+    lines = summarise(rows)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"throughput_{args.device}"
+    write_atomic(stem.with_suffix(".json"), json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=2) + "\n")
+    write_atomic(stem.with_suffix(".md"), markdown(meta, lines, rows) + (
+        f"\n![fewshot speed ratios]({stem.name}.png)\n" if plot(lines, stem.with_suffix(".png"),
+                                                                 meta["device_name"]) else ""))
+    print(f"wrote {stem}.md, .json and .png")
+
+
+if __name__ == "__main__":
+    main()
