@@ -159,9 +159,10 @@ def test_every_experiment_composes_and_builds_its_learner(option: str) -> None:
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.backbone))
     assert isinstance(learner, Learner)
     assert (cfg.trainer.kind == "meta") == isinstance(learner, MetaLearner)
-    if option != "omniglot_quick":  # the paper rows: test protocol of at least 600 fixed episodes, a cited number
+    if option != "omniglot_quick":  # the paper rows: test protocol of at least 600 fixed episodes, a citation
         assert cfg.evaluation.episodes >= 600
-        assert "%" in text and "20" in text.split("\n")[1]  # the published number and the year of the citation
+        assert "20" in text.split("\n")[1]  # the year of the citation
+        assert "%" in text or "(published: none)" in text  # the published number, or a statement that none exists
     if isinstance(learner, MetaLearner) and hasattr(learner, "n_way"):
         assert cfg.episode.train_n_way == cfg.episode.n_way  # a MAML head is built for one number of ways
 

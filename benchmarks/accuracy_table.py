@@ -1,0 +1,126 @@
+"""Collect measured accuracy rows from fewshot-train runs into one table beside the published numbers.
+
+Each ``--run`` is ``METHOD=RUN_DIR``: a folder written by ``python -m fewshot train``. The row's
+numbers come from the run's ``results.json``; for a run stopped before its configured number of
+steps, from the newest re-test by ``python -m fewshot eval run=RUN_DIR checkpoint=last`` (under
+``RUN_DIR/eval/``), and the row says at which step. The command of each row is rebuilt from the
+run's ``.hydra/overrides.yaml``; the training wall time from the first and last lines of its log.
+
+    PYTHONPATH=. python benchmarks/accuracy_table.py --hardware "2-core CPU" \\
+        --run "ProtoNet, Conv4=runs/protonet" --run "MAML, Conv4, second order=runs/maml" \\
+        --out benchmarks/results/omniglot_accuracy
+
+Writes OUT.md and OUT.json; copies each run's small files (config, overrides, metrics.csv, log,
+results) to OUT/<run folder>/ so the numbers stay checkable without the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fewshot.evaluation.report import read_json
+
+# Published Omniglot (Vinyals split) 1000-episode accuracies in %, as listed in issue 7.
+PUBLISHED = {
+    "ProtoNet, Conv4": ("Snell et al. 2017", {"5w1s": 98.8, "5w5s": 99.7, "20w1s": 96.0, "20w5s": 98.9}),
+    "MAML, Conv4, second order": ("Finn et al. 2017", {"5w1s": 98.7, "5w5s": 99.9, "20w1s": 95.8, "20w5s": 98.9}),
+    "first-order MAML, Conv4": ("Finn et al. 2017", {"5w1s": 98.3, "5w5s": 99.2, "20w1s": 89.4, "20w5s": 97.9}),
+}
+SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+SMALL_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.csv", "cli.log", "results.json", "results.md")
+
+
+def _timestamps(log: Path) -> tuple[datetime, datetime] | None:
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]", log.read_text(), flags=re.MULTILINE)
+    return (datetime.fromisoformat(stamps[0]), datetime.fromisoformat(stamps[-1])) if stamps else None
+
+
+def collect(method: str, run: Path) -> dict:
+    """One row: the accuracies (%), CIs, steps trained, command and wall time of ``run``."""
+    config = OmegaConf.load(run / "config.yaml")
+    overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
+    planned = int(config.trainer.steps) if config.trainer.kind == "meta" else None
+    source, step = run / "results.json", planned
+    if not source.is_file():
+        retests = sorted((run / "eval").glob("*/results.json"))
+        if not retests:
+            raise FileNotFoundError(f"{run} has no results.json and no re-test under eval/: run "
+                                    f"`python -m fewshot eval run={run} checkpoint=last` first")
+        source = retests[-1]
+        step = int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["step"])
+    results, provenance = read_json(source)
+    cells = {}
+    for result in results:
+        (learner,) = result.learners
+        cells[f"{result.spec.n_way}w{result.spec.n_shot}s"] = {
+            "mean": 100 * learner.mean, "ci95": 100 * learner.ci95, "episodes": result.spec.episodes,
+            "n_query": result.spec.n_query}
+    span = _timestamps(run / "cli.log")
+    return {"method": method, "run": run.name, "name": config.name, "cells": cells, "steps_trained": step,
+            "steps_planned": planned, "command": "python -m fewshot train " + " ".join(
+                f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides if not o.startswith("hydra.")),
+            "results_file": str(source.relative_to(run)), "torch": provenance.get("torch_version"),
+            "wall_minutes": (span[1] - span[0]).total_seconds() / 60 if span else None}
+
+
+def markdown(rows: list[dict], hardware: str) -> str:
+    out = ["# Omniglot accuracy: measured rows beside the published ones", "",
+           f"Hardware: {hardware}. Accuracy in % over the fixed test episodes (evaluation seed 2017, 15 queries per "
+           "class), with the 95% confidence interval; every row is tested on the same episodes of its split.", "",
+           "| method | " + " | ".join(SETTINGS) + " | trained | wall (min) |", "|---|" + "---:|" * (len(SETTINGS) + 2)]
+    for row in rows:
+        cells = [f"{row['cells'][s]['mean']:.2f} ± {row['cells'][s]['ci95']:.2f}" if s in row["cells"] else "-"
+                 for s in SETTINGS]
+        trained = (f"{row['steps_trained']:,} of {row['steps_planned']:,} steps" if row["steps_planned"] else
+                   "supervised pretraining")
+        wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
+        out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
+        if row["method"] in PUBLISHED:
+            source, paper = PUBLISHED[row["method"]]
+            gaps = [f"{paper[s]} ({row['cells'][s]['mean'] - paper[s]:+.2f})" if s in row["cells"] else str(paper[s])
+                    for s in SETTINGS]
+            out.append(f"| {row['method']} ({source}) | " + " | ".join(gaps) + " | | |")
+    out += ["", "Published rows show the paper's number and, in brackets, measured minus published.", "",
+            "## Commands", ""]
+    out += [f"- {row['method']}: `{row['command']}` (numbers from `{row['run']}/{row['results_file']}`)"
+            for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, metavar="METHOD=RUN_DIR")
+    parser.add_argument("--hardware", required=True, help="what the runs ran on, for the table's header")
+    parser.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json and OUT/<run>/ are written")
+    args = parser.parse_args()
+    rows = []
+    for spec in args.run:
+        method, sep, folder = spec.partition("=")
+        if not sep or not Path(folder).is_dir():
+            parser.error(f"--run {spec!r}: expected METHOD=RUN_DIR with an existing folder")
+        rows.append(collect(method, Path(folder)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for row, spec in zip(rows, args.run, strict=True):
+        run = Path(spec.partition("=")[2])
+        for name in (*SMALL_FILES, row["results_file"]):
+            if (run / name).is_file():
+                (args.out / run.name / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run / name, args.out / run.name / name)
+    args.out.with_suffix(".json").write_text(json.dumps({"hardware": args.hardware, "rows": rows}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(rows, args.hardware))
+    print(markdown(rows, args.hardware))
+
+
+if __name__ == "__main__":
+    main()
