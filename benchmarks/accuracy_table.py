@@ -38,6 +38,7 @@ PUBLISHED = {
     "first-order MAML, Conv4": ("Finn et al. 2017", {"5w1s": 98.3, "5w5s": 99.2, "20w1s": 89.4, "20w5s": 97.9}),
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "experiment"
 SMALL_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.csv", "cli.log", "results.json", "results.md")
 
 
@@ -67,9 +68,16 @@ def collect(method: str, run: Path) -> dict:
             "mean": 100 * learner.mean, "ci95": 100 * learner.ci95, "episodes": result.spec.episodes,
             "n_query": result.spec.n_query}
     span = _timestamps(run / "cli.log")
+    experiment = next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None)
+    file_steps = (OmegaConf.load(EXPERIMENTS / f"{experiment}.yaml").get("trainer", {}).get("steps")
+                  if experiment else None)
+    command = "python -m fewshot train " + " ".join(
+        f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides if not o.startswith("hydra."))
+    if step != planned:
+        command += f" (stopped after step {step:,}), then python -m fewshot eval run=<its folder> checkpoint=last"
     return {"method": method, "run": run.name, "name": config.name, "cells": cells, "steps_trained": step,
-            "steps_planned": planned, "command": "python -m fewshot train " + " ".join(
-                f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides if not o.startswith("hydra.")),
+            "steps_planned": planned, "steps_in_experiment_file": file_steps, "command": command,
+            "epochs": config.trainer.get("epochs"),
             "results_file": str(source.relative_to(run)), "torch": provenance.get("torch_version"),
             "wall_minutes": (span[1] - span[0]).total_seconds() / 60 if span else None}
 
@@ -82,13 +90,16 @@ def markdown(rows: list[dict], hardware: str) -> str:
     for row in rows:
         cells = [f"{row['cells'][s]['mean']:.2f} ± {row['cells'][s]['ci95']:.2f}" if s in row["cells"] else "-"
                  for s in SETTINGS]
-        trained = (f"{row['steps_trained']:,} of {row['steps_planned']:,} steps" if row["steps_planned"] else
-                   "supervised pretraining")
+        trained = (f"{row['steps_trained']:,} steps" if row["steps_planned"] else
+                   f"supervised pretraining, {row['epochs']} epochs")
+        if row["steps_planned"] and row["steps_in_experiment_file"]:
+            trained += f" of the experiment file's {row['steps_in_experiment_file']:,}"
         wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
         out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
         if row["method"] in PUBLISHED:
             source, paper = PUBLISHED[row["method"]]
-            gaps = [f"{paper[s]} ({row['cells'][s]['mean'] - paper[s]:+.2f})" if s in row["cells"] else str(paper[s])
+            gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
+                    else str(paper[s])
                     for s in SETTINGS]
             out.append(f"| {row['method']} ({source}) | " + " | ".join(gaps) + " | | |")
     out += ["", "Published rows show the paper's number and, in brackets, measured minus published.", "",

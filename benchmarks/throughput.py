@@ -254,7 +254,8 @@ def _config(row: dict) -> str:
         return f"{row['order']} order, meta-batch {row['meta_batch']}, {row['inner_steps']} inner step(s)"
     if row["section"] == "eval":
         return row["learner"]
-    return {"sampling": "Omniglot 5-way 1-shot 15-query", "protonet": "60-way 1-shot 5-query, Conv4"}[row["section"]]
+    return {"sampling": "Omniglot 5-way 1-shot 15-query (fewshot: 32 episodes per call)",
+            "protonet": "60-way 1-shot 5-query, Conv4"}[row["section"]]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -292,7 +293,8 @@ def _cell(row: dict | None, section: str) -> str:
         return "-"
     if "error" in row:
         return "not run" if row["error"].startswith("not run") else "failed"
-    text = f"{row['per_s']:,.1f}" if row["per_s"] < 100 else f"{row['per_s']:,.0f}"
+    digits = 2 if row["per_s"] < 10 else 1 if row["per_s"] < 100 else 0
+    text = f"{row['per_s']:,.{digits}f}"
     if section != "sampling":
         text += f" ({row['peak_mib']:,.0f} MiB)"
     return text
@@ -375,18 +377,24 @@ def plot(lines: list[dict], path: Path, title: str) -> bool:
     heights = [sum(line["section"] == s for line in lines) for s in sections]
     fig, axes = plt.subplots(len(sections), 1, figsize=(9, 1.2 + 0.45 * sum(heights) + 0.6 * len(sections)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
+    ratios = [line[k] for line in lines for k in ("vs_best_peer", "vs_plain_loop") if k in line]
+    low, high = min(0.5, *ratios) / 1.3, max(2.0, *ratios) * 1.3
+    ticks = [2.0**k for k in range(-6, 12) if low <= 2.0**k <= high]
     for ax, section in zip(axes[:, 0], sections, strict=True):
         sec = [line for line in lines if line["section"] == section and "vs_best_peer" in line]
-        y = range(len(sec))
-        ax.barh([i + 0.2 for i in y], [line["vs_best_peer"] for line in sec], height=0.4, label="÷ best peer")
-        ax.barh([i - 0.2 for i in y], [line.get("vs_plain_loop", 0) for line in sec], height=0.4,
-                label="÷ plain loop")
+        for offset, key, label in ((0.2, "vs_best_peer", "÷ best peer"), (-0.2, "vs_plain_loop", "÷ plain loop")):
+            values = [line.get(key, 1.0) for line in sec]  # bars grow from 1 (parity) to the ratio
+            ax.barh([i + offset for i in range(len(sec))], [v - 1.0 for v in values], left=1.0, height=0.4,
+                    label=label)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_yticks(list(y), [line["config"] for line in sec], fontsize=8)
-        ax.set_title(f"{TITLES[section]}: fewshot speed ratio", fontsize=9)
+        ax.set_xlim(low, high)
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.minorticks_off()
+        ax.set_yticks(range(len(sec)), [line["config"] for line in sec], fontsize=8)
+        ax.set_title(f"{TITLES[section]}: fewshot speed ratio (right of 1x: fewshot faster)", fontsize=9)
         ax.invert_yaxis()
-    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
