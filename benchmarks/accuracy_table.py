@@ -82,7 +82,7 @@ def collect(method: str, run: Path) -> dict:
             "wall_minutes": (span[1] - span[0]).total_seconds() / 60 if span else None}
 
 
-def markdown(rows: list[dict], hardware: str) -> str:
+def markdown(rows: list[dict], hardware: str, notes: list[str]) -> str:
     out = ["# Omniglot accuracy: measured rows beside the published ones", "",
            f"Hardware: {hardware}. Accuracy in % over the fixed test episodes (evaluation seed 2017, 15 queries per "
            "class), with the 95% confidence interval; every row is tested on the same episodes of its split.", "",
@@ -106,6 +106,8 @@ def markdown(rows: list[dict], hardware: str) -> str:
             "## Commands", ""]
     out += [f"- {row['method']}: `{row['command']}` (numbers from `{row['run']}/{row['results_file']}`)"
             for row in rows]
+    if notes:
+        out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(out) + "\n"
 
 
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar="METHOD=RUN_DIR")
     parser.add_argument("--hardware", required=True, help="what the runs ran on, for the table's header")
     parser.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json and OUT/<run>/ are written")
+    parser.add_argument("--note", action="append", default=[], help="a remark printed under the table (repeatable)")
     args = parser.parse_args()
     rows = []
     for spec in args.run:
@@ -128,9 +131,11 @@ def main() -> None:
             if (run / name).is_file():
                 (args.out / run.name / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run / name, args.out / run.name / name)
-    args.out.with_suffix(".json").write_text(json.dumps({"hardware": args.hardware, "rows": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows, args.hardware))
-    print(markdown(rows, args.hardware))
+    text = markdown(rows, args.hardware, args.note)
+    args.out.with_suffix(".json").write_text(json.dumps({"hardware": args.hardware, "rows": rows, "notes": args.note},
+                                                        indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

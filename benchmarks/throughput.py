@@ -16,8 +16,9 @@ Sections (``--sections``, all by default):
   not depend on them; the mean accuracies show every implementation scored the same episodes the same way.
 
 Every measurement runs in its own subprocess: one warm-up call (its value is compared across
-implementations), then calls until ``--seconds`` have passed (at least one). Peak memory is the rise of
-``ru_maxrss`` over the calls on CPU and ``torch.cuda.max_memory_allocated`` on CUDA. Achieved FLOP/s use the
+implementations), then calls until ``--seconds`` have passed (at least one). Peak memory is the peak resident
+set size during the calls above the resident size before them on CPU (Linux: the peak mark is reset first), and
+``torch.cuda.max_memory_allocated`` on CUDA. Achieved FLOP/s use the
 plain loop's FLOPs per call (counted with ``torch.utils.flop_counter``), against the float32 matmul rate
 measured at the start of the run.
 
@@ -72,7 +73,7 @@ def measure(call: Callable[[], float], device: torch.device, seconds: float, uni
     Returns the value of the first ``call``, units per second, seconds per call, FLOPs per call and peak memory
     in MiB.
     """
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = reset_peak_rss()
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats()
@@ -87,9 +88,33 @@ def measure(call: Callable[[], float], device: torch.device, seconds: float, uni
         sync(device)
     elapsed = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+            else (peak_rss_kib() - rss_before) / 1024)
     return {"value": first, "per_s": units * calls / elapsed, "s_per_call": elapsed / calls, "calls": calls,
             "flops_per_call": flops, "peak_mib": peak}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs`` 5) and return the current RSS in KiB,
+    so the peak measured next is the calls' own; where that is unavailable, return the peak so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss_kib() -> int:
+    try:
+        return _status_kib("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def count_flops(call: Callable[[], float]) -> float:
@@ -148,7 +173,7 @@ def child_eval(spec: dict, device: torch.device) -> dict:
                                      learn2learn_src=spec.get("learn2learn_src"))
 
         def run(episodes: int) -> float:
-            return sum(score(sampler.batch(torch.tensor([i]))) for i in range(episodes)) / episodes
+            return sum(score(sampler.batch(torch.tensor([i], device=device))) for i in range(episodes)) / episodes
     return measure(lambda: run(e["episodes"]), device, spec["seconds"], e["episodes"], warmup=lambda: run(50))
 
 
@@ -436,7 +461,8 @@ def main() -> None:
             "torch": torch.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
             "threads": args.threads, "device": args.device,
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.machine()})",
-            "memory_kind": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "rise of max RSS",
+            "memory_kind": "torch.cuda.max_memory_allocated" if args.device == "cuda" else
+            "peak RSS during the calls above the RSS before them",
             "load_average_at_start": os.getloadavg()[0], "matmul_peak_flops": matmul_peak(device),
             "eval": EVAL, "learn2learn": peers.LEARN2LEARN_BUILD}
     base = {"device": args.device, "threads": args.threads, "seconds": args.seconds,
