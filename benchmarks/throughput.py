@@ -15,12 +15,13 @@ Sections (``--sections``, all by default):
   per-episode loop a user writes (plus higher and learn2learn for MAML). Random Conv4 weights: speed does
   not depend on them; the mean accuracies show every implementation scored the same episodes the same way.
 
-Every measurement runs in its own subprocess: one warm-up call (its value is compared across
-implementations), then calls until ``--seconds`` have passed (at least one). Peak memory is the peak resident
+Every measurement runs in its own subprocess: two untimed warm-up calls (the first one's value is compared
+across implementations), then calls until ``--seconds`` have passed (at least one). Peak memory is the peak resident
 set size during the calls above the resident size before them on CPU (Linux: the peak mark is reset first), and
 ``torch.cuda.max_memory_allocated`` on CUDA. Achieved FLOP/s use the
-plain loop's FLOPs per call (counted with ``torch.utils.flop_counter``), against the float32 matmul rate
-measured at the start of the run.
+plain loop's FLOPs per call (counted with ``torch.utils.flop_counter`` in a separate process: one step under
+FlopCounterMode was seen to speed up later steps of the same process by 20% on CPU), against the float32 matmul
+rate measured at the start of the run.
 
     PYTHONPATH=. python benchmarks/throughput.py --threads 2 --learn2learn-src <built tree> [--device cuda]
 
@@ -66,19 +67,18 @@ def sync(device: torch.device) -> None:
 
 
 def measure(call: Callable[[], float], device: torch.device, seconds: float, units: int,
-            flops_of: Callable[[], float] | None = None, warmup: Callable[[], float] | None = None) -> dict:
-    """Warm-up call, optional FLOP count (one more call), then calls until ``seconds`` have passed.
+            warmup: Callable[[], float] | None = None) -> dict:
+    """Two untimed calls, then calls until ``seconds`` have passed.
 
     ``units``: tasks or episodes per call. ``warmup``: a cheaper call to warm up with instead of ``call``.
-    Returns the value of the first ``call``, units per second, seconds per call, FLOPs per call and peak memory
-    in MiB.
+    Returns the value of the first ``call``, units per second, seconds per call and peak memory in MiB.
     """
     rss_before = reset_peak_rss()
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats()
     first = (warmup or call)()
-    flops = flops_of() if flops_of is not None else None
+    (warmup or call)()
     sync(device)
     calls, start = 0, time.perf_counter()
     while calls == 0 or time.perf_counter() - start < seconds:
@@ -90,7 +90,7 @@ def measure(call: Callable[[], float], device: torch.device, seconds: float, uni
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else (peak_rss_kib() - rss_before) / 1024)
     return {"value": first, "per_s": units * calls / elapsed, "s_per_call": elapsed / calls, "calls": calls,
-            "flops_per_call": flops, "peak_mib": peak}
+            "peak_mib": peak}
 
 
 def _status_kib(field: str) -> int:
@@ -130,15 +130,15 @@ def child_maml(spec: dict, device: torch.device) -> dict:
     batch = peers.synthetic_tasks(spec["meta_batch"], 5, 1, 1, device)
     step = peers.maml_step(spec["impl"], net, inner_lr=0.4, inner_steps=spec["inner_steps"],
                            first_order=spec["order"] == "first", learn2learn_src=spec.get("learn2learn_src"))
-    flops = (lambda: count_flops(lambda: step(batch))) if spec["impl"] == "plain-loop" else None
-    return measure(lambda: step(batch), device, spec["seconds"], spec["meta_batch"], flops)
+    if spec.get("count_flops"):
+        return {"flops_per_call": count_flops(lambda: step(batch))}
+    return measure(lambda: step(batch), device, spec["seconds"], spec["meta_batch"])
 
 
 def child_protonet(spec: dict, device: torch.device) -> dict:
     batch = peers.synthetic_tasks(1, 60, 1, 5, device)
     step = peers.protonet_step(spec["impl"], device)
-    flops = (lambda: count_flops(lambda: step(batch))) if spec["impl"] == "plain-loop" else None
-    return measure(lambda: step(batch), device, spec["seconds"], 1, flops)
+    return measure(lambda: step(batch), device, spec["seconds"], 1)
 
 
 def child_eval(spec: dict, device: torch.device) -> dict:
@@ -241,9 +241,10 @@ def section_sampling(args: argparse.Namespace, device: torch.device) -> list[dic
 def section_maml(args: argparse.Namespace, base: dict) -> list[dict]:
     rows = []
     for order, meta_batch, steps in MAML_GRID:
+        cell = base | {"section": "maml", "order": order, "meta_batch": meta_batch, "inner_steps": steps}
+        flops = spawn(cell | {"impl": "plain-loop", "count_flops": True}).get("flops_per_call")
         for impl in peers.MAML_IMPLS:
-            spec = base | {"section": "maml", "impl": impl, "order": order, "meta_batch": meta_batch,
-                           "inner_steps": steps}
+            spec = cell | {"impl": impl, "flops_per_call": flops}
             if impl == "learn2learn" and args.learn2learn_src is None:
                 rows.append(spec | {"error": "not run: no --learn2learn-src"})
                 continue
@@ -378,8 +379,8 @@ def _flops_table(sec: list[dict], meta: dict) -> list[str]:
            "| configuration | GFLOP per meta-gradient | fewshot GFLOP/s | % of peak | best peer GFLOP/s |",
            "|---|---:|---:|---:|---:|"]
     for line in sec:
-        plain, ours = line["impls"].get("plain-loop", {}), line["impls"].get("fewshot", {})
-        flops = plain.get("flops_per_call")
+        ours = line["impls"].get("fewshot", {})
+        flops = ours.get("flops_per_call")
         if not flops or "error" in ours:
             continue
         achieved = flops / ours["s_per_call"]
