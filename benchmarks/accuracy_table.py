@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fewshot.evaluation.report import read_json
+from fewshot.files import atomic_write_text
 
 # Published Omniglot (Vinyals split) 1000-episode accuracies in %, as listed in issue 7.
 PUBLISHED = {
@@ -132,9 +133,9 @@ def main() -> None:
                 (args.out / run.name / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run / name, args.out / run.name / name)
     text = markdown(rows, args.hardware, args.note)
-    args.out.with_suffix(".json").write_text(json.dumps({"hardware": args.hardware, "rows": rows, "notes": args.note},
-                                                        indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(text)
+    atomic_write_text(args.out.with_suffix(".json"),
+                      json.dumps({"hardware": args.hardware, "rows": rows, "notes": args.note}, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), text)
     print(text)
 
 

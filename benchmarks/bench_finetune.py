@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fewshot.backbones import create_backbone
+from fewshot.files import atomic_write_text
 from fewshot.learners import FineTune
 
 
@@ -112,9 +113,7 @@ def main() -> None:
              *(f"- {k}: `{v:.4g}`" if isinstance(v, float) else f"- {k}: `{v}`" for k, v in result.items())]
     for name, text in (("finetune_eval.json", json.dumps(result, indent=2) + "\n"),
                        ("finetune_eval.md", "\n".join(lines) + "\n")):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from episodes import FewShotDataset
 from fewshot.backbones import create_backbone
 from fewshot.evaluation import collect_provenance, evaluate
+from fewshot.files import atomic_write_text
 from fewshot.learners import ProtoNet
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,21 +37,6 @@ def synthetic_omniglot(classes: int = 1692, per_class: int = 20, size: int = 28)
     labels = torch.arange(classes).repeat_interleave(per_class)
     return FewShotDataset.from_tensors(images, labels, [f"class{i}" for i in range(classes)],
                                        name="synthetic-omniglot-test")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main() -> None:
@@ -99,7 +84,7 @@ def main() -> None:
         "accuracy": {mode: {"mean": r.mean, "ci95": r.ci95} for mode, r in results.items()},
         "provenance": collect_provenance(config=vars(args) | {"out": str(args.out)}, seed=0, device=args.device),
     }
-    write_atomic(args.out / "harness.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out / "harness.json", json.dumps(record, indent=2) + "\n")
     markdown = (
         "# Evaluation harness: predict on images vs embed once\n\n"
         f"ProtoNet, Conv4 (random init), {dataset.name} ({dataset.num_classes} classes, {len(dataset)} images), "
@@ -114,7 +99,7 @@ def main() -> None:
         "Command: `PYTHONPATH=. python benchmarks/bench_harness.py"
         f"{' --synthetic' if args.synthetic else ''} --episodes {args.episodes}`\n"
     )
-    write_atomic(args.out / "harness.md", markdown)
+    atomic_write_text(args.out / "harness.md", markdown)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from episodes import EpisodeSampler
 from episodes.datasets import load_omniglot
 from fewshot.backbones import create_backbone
 from fewshot.evaluation import evaluate, markdown_table
+from fewshot.files import atomic_write_text
 from fewshot.learners import MAML, OuterOptimizer, ProtoNet
 from fewshot.learners.base import MetaLearner
 from fewshot.training.meta_train import TrainSettings, meta_train
@@ -102,8 +103,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "pretrain_transfer.md").write_text(text)
-        (RESULTS / "pretrain_transfer.json").write_text(json.dumps(
+        atomic_write_text(RESULTS / "pretrain_transfer.md", text)
+        atomic_write_text(RESULTS / "pretrain_transfer.json", json.dumps(
             {"args": vars(args), "pretrain_seconds": pretrain_seconds, "pretrain_history": history,
              "meta_train_seconds": {name: seconds for name, (_, seconds) in runs.items()},
              "results": [r.to_dict() for r in results]}, indent=2) + "\n")

@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from peers import LEARN2LEARN_BUILD, import_learn2learn
 
 from episodes import Episode, EpisodeBatch, FewShotDataset
 from episodes.sampler import EpisodeSampler
+from fewshot.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -137,13 +137,6 @@ def bench_shape(dataset: FewShotDataset, n_way: int, n_shot: int, n_query: int, 
     return results
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per case")
@@ -178,7 +171,7 @@ def main() -> None:
     if args.no_write:
         return
     RESULTS.mkdir(exist_ok=True)
-    write_atomic(RESULTS / "sampling.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(RESULTS / "sampling.json", json.dumps(report, indent=2) + "\n")
     cases = list(next(iter(report["episodes_per_second"].values())))
     lines = ["# Episode sampling throughput (CPU, episodes per second)", "",
              f"Command: `{report['command']}`  ",
@@ -196,7 +189,7 @@ def main() -> None:
         cells = [report["episodes_per_second"][t][case] for t, *_ in shapes]
         lines.append(f"| {case} | " + " | ".join(f"{c['wall']:,.0f} / {c['cpu']:,.0f}" for c in cells) + " |")
     lines += ["", "## learn2learn", "", LEARN2LEARN_BUILD]
-    write_atomic(RESULTS / "sampling.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "sampling.md", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'sampling.md'} and sampling.json")
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from episodes import EpisodeBatch, FewShotDataset
 from episodes.sampler import EpisodeSampler
 from fewshot.backbones import create_backbone
+from fewshot.files import atomic_write_text
 from fewshot.learners import MAML, OuterOptimizer
 from fewshot.training import distributed as fdist
 from fewshot.training.meta_train import TrainSettings
@@ -180,9 +181,7 @@ def write(measured: list[dict], calc: dict, args: argparse.Namespace, load: floa
                "args": vars(args), "torch": torch.__version__}
     for path, text in ((RESULTS / "scaling.md", "\n".join(lines)), (RESULTS / "scaling.json",
                                                                      json.dumps(payload, indent=2) + "\n")):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ import random
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import peers
 
 from episodes.sampler import EpisodeSampler
+from fewshot.files import atomic_write, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("sampling", "maml", "protonet", "eval")
@@ -77,19 +77,20 @@ def measure(call: Callable[[], float], device: torch.device, seconds: float, uni
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats()
-    first = (warmup or call)()
+    value = (warmup or call)()
     (warmup or call)()
     sync(device)
     calls, start = 0, time.perf_counter()
     while calls == 0 or time.perf_counter() - start < seconds:
-        value = call()
-        first = value if warmup is not None and calls == 0 else first
+        result = call()
+        if calls == 0 and warmup is not None:  # the warm-ups ran a shorter call: report the full one's value
+            value = result
         calls += 1
         sync(device)
     elapsed = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else (peak_rss_kib() - rss_before) / 1024)
-    return {"value": first, "per_s": units * calls / elapsed, "s_per_call": elapsed / calls, "calls": calls,
+    return {"value": value, "per_s": units * calls / elapsed, "s_per_call": elapsed / calls, "calls": calls,
             "peak_mib": peak}
 
 
@@ -238,40 +239,32 @@ def section_sampling(args: argparse.Namespace, device: torch.device) -> list[dic
     return rows
 
 
-def section_maml(args: argparse.Namespace, base: dict) -> list[dict]:
+def run_spec(spec: dict) -> dict:
+    """:func:`spawn` ``spec``, or a "not run" row for learn2learn without ``--learn2learn-src``; printed as it comes."""
+    if spec["impl"] == "learn2learn" and spec["learn2learn_src"] is None:
+        row = spec | {"error": "not run: no --learn2learn-src"}
+    else:
+        row = spawn(spec)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def section_maml(base: dict) -> list[dict]:
     rows = []
     for order, meta_batch, steps in MAML_GRID:
         cell = base | {"section": "maml", "order": order, "meta_batch": meta_batch, "inner_steps": steps}
         flops = spawn(cell | {"impl": "plain-loop", "count_flops": True}).get("flops_per_call")
-        for impl in peers.MAML_IMPLS:
-            spec = cell | {"impl": impl, "flops_per_call": flops}
-            if impl == "learn2learn" and args.learn2learn_src is None:
-                rows.append(spec | {"error": "not run: no --learn2learn-src"})
-                continue
-            rows.append(spawn(spec))
-            print(json.dumps(rows[-1]), flush=True)
+        rows += [run_spec(cell | {"impl": impl, "flops_per_call": flops}) for impl in peers.MAML_IMPLS]
     return rows
 
 
-def section_protonet(args: argparse.Namespace, base: dict) -> list[dict]:
-    rows = []
-    for impl in peers.PROTONET_IMPLS:
-        rows.append(spawn(base | {"section": "protonet", "impl": impl}))
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+def section_protonet(base: dict) -> list[dict]:
+    return [run_spec(base | {"section": "protonet", "impl": impl}) for impl in peers.PROTONET_IMPLS]
 
 
-def section_eval(args: argparse.Namespace, base: dict) -> list[dict]:
-    rows = []
-    for learner, impls in peers.EVAL_IMPLS.items():
-        for impl in impls:
-            spec = base | {"section": "eval", "learner": learner, "impl": impl}
-            if impl == "learn2learn" and args.learn2learn_src is None:
-                rows.append(spec | {"error": "not run: no --learn2learn-src"})
-                continue
-            rows.append(spawn(spec))
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+def section_eval(base: dict) -> list[dict]:
+    return [run_spec(base | {"section": "eval", "learner": learner, "impl": impl})
+            for learner, impls in peers.EVAL_IMPLS.items() for impl in impls]
 
 
 # --------------------------------------------------------------------------- report
@@ -423,17 +416,9 @@ def plot(lines: list[dict], path: Path, title: str) -> bool:
     axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return True
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -473,13 +458,14 @@ def main() -> None:
         if section == "sampling":
             rows += section_sampling(args, device)
         else:
-            rows += {"maml": section_maml, "protonet": section_protonet, "eval": section_eval}[section](args, base)
+            rows += {"maml": section_maml, "protonet": section_protonet, "eval": section_eval}[section](base)
     meta["load_average_at_end"] = os.getloadavg()[0]
     lines = summarise(rows)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"throughput_{args.device}"
-    write_atomic(stem.with_suffix(".json"), json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=2) + "\n")
-    write_atomic(stem.with_suffix(".md"), markdown(meta, lines, rows) + (
+    atomic_write_text(stem.with_suffix(".json"),
+                      json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), markdown(meta, lines, rows) + (
         f"\n![fewshot speed ratios]({stem.name}.png)\n" if plot(lines, stem.with_suffix(".png"),
                                                                  meta["device_name"]) else ""))
     print(f"wrote {stem}.md, .json and .png")
