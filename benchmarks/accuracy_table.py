@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from episodes.files import atomic_write_text
 from fewshot.evaluation.report import read_json
-from fewshot.files import atomic_write_text
 
 # Published Omniglot (Vinyals split) 1000-episode accuracies in %, as listed in issue 7.
 PUBLISHED = {

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from episodes.files import atomic_write_text
 from fewshot.backbones import create_backbone
-from fewshot.files import atomic_write_text
 from fewshot.learners import FineTune
 
 

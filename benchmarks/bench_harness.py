@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from episodes import FewShotDataset
+from episodes.files import atomic_write_text
 from fewshot.backbones import create_backbone
 from fewshot.evaluation import collect_provenance, evaluate
-from fewshot.files import atomic_write_text
 from fewshot.learners import ProtoNet
 
 RESULTS = Path(__file__).resolve().parent / "results"

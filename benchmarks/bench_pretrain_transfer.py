@@ -22,9 +22,9 @@ import torch
 
 from episodes import EpisodeSampler
 from episodes.datasets import load_omniglot
+from episodes.files import atomic_write_text
 from fewshot.backbones import create_backbone
 from fewshot.evaluation import evaluate, markdown_table
-from fewshot.files import atomic_write_text
 from fewshot.learners import MAML, OuterOptimizer, ProtoNet
 from fewshot.learners.base import MetaLearner
 from fewshot.training.meta_train import TrainSettings, meta_train

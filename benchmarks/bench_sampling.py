@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import LEARN2LEARN_BUILD, import_learn2learn
 
 from episodes import Episode, EpisodeBatch, FewShotDataset
+from episodes.files import atomic_write_text
 from episodes.sampler import EpisodeSampler
-from fewshot.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

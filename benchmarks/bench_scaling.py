@@ -35,9 +35,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from episodes import EpisodeBatch, FewShotDataset
+from episodes.files import atomic_write_text
 from episodes.sampler import EpisodeSampler
 from fewshot.backbones import create_backbone
-from fewshot.files import atomic_write_text
 from fewshot.learners import MAML, OuterOptimizer
 from fewshot.training import distributed as fdist
 from fewshot.training.meta_train import TrainSettings

@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import peers
 
+from episodes.files import atomic_write, atomic_write_text
 from episodes.sampler import EpisodeSampler
-from fewshot.files import atomic_write, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("sampling", "maml", "protonet", "eval")

@@ -16,8 +16,8 @@ from fewshot.backbones import (
     ResNet12,
     apply_freeze,
     create_backbone,
+    frozen_names,
     list_backbones,
-    param_groups,
 )
 
 
@@ -226,12 +226,20 @@ def test_freeze_bad_arguments():
         apply_freeze(nn.Linear(2, 2), "first_k", 1)
 
 
-def test_param_groups():
+def test_frozen_names_changes_nothing_and_matches_apply_freeze():
     model = _WithHead()
-    apply_freeze(model, "first_k", 1)
-    groups = param_groups(model, lr=0.1, backbone_lr_mult=0.01, head_names=("head",))
-    assert [(g["name"], g["lr"], len(g["params"])) for g in groups] == [("head", 0.1, 2), ("backbone", 0.001, 12)]
-    optimizer = torch.optim.SGD(groups, lr=1.0)
-    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.001]
-    with pytest.raises(ValueError, match="no parameter"):
-        param_groups(model, lr=0.1, backbone_lr_mult=0.1, head_names=("classifier",))
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    names = frozen_names(model, "first_k", 1)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert names == apply_freeze(model, "first_k", 1)
+    assert names and all(not p.requires_grad for n, p in model.named_parameters() if n in names)
+
+
+def test_finetune_last_adapts_exactly_the_last_stage():
+    from fewshot.learners import FineTune
+
+    backbone = create_backbone("conv4", hidden=4)
+    learner = FineTune(backbone, finetune_backbone="last", steps=1)
+    assert learner.tuned == [n for n, _ in backbone.named_parameters() if n.startswith("block4.")]
+    assert FineTune(create_backbone("resnet18", small_input=True), finetune_backbone="last").tuned[0].startswith(
+        "layer4.")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot import files
-from fewshot.files import atomic_write_bytes
+from episodes import files
+from episodes.files import atomic_write_bytes
 from fewshot.training.checkpoint import (
     load_checkpoint,
     load_state_exactly,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from episodes.datasets import omniglot
+from episodes.datasets import omniglot, omniglot_source
 from episodes.datasets.download import DownloadError, download_file, file_digest, safe_extract_zip
 
 
@@ -158,7 +158,8 @@ def test_real_zip_download_and_extract(omniglot_server: str, shared_data: Path, 
 def test_real_zip_checksum_mismatch(omniglot_server: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checksum mismatch"):
         download_file(f"{omniglot_server}/images_background.zip", tmp_path / "b.zip",
-                      md5=omniglot.OMNIGLOT_MD5["images_background"], timeout=30)  # official MD5: the copy differs
+                      md5=omniglot_source.OMNIGLOT_MD5["images_background"],  # official MD5: the copy differs
+                      timeout=30)
     assert not list(tmp_path.iterdir())
 
 
@@ -166,8 +167,8 @@ def test_real_zip_checksum_mismatch(omniglot_server: str, tmp_path: Path) -> Non
 def test_load_omniglot_download(omniglot_server: str, shared_data: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     md5 = {s: file_digest(shared_data / "omniglot" / f"{s}.zip", "md5") for s in omniglot.SETS}
-    monkeypatch.setattr(omniglot, "OMNIGLOT_BASE_URL", omniglot_server)
-    monkeypatch.setattr(omniglot, "OMNIGLOT_MD5", md5)
+    monkeypatch.setattr(omniglot_source, "OMNIGLOT_BASE_URL", omniglot_server)
+    monkeypatch.setattr(omniglot_source, "OMNIGLOT_MD5", md5)
     root = tmp_path / "omniglot"
     dataset = omniglot.load_omniglot(root=root, download=True, protocol="alphabet", alphabets=["Greek"],
                                      image_size=14)
@@ -178,7 +179,7 @@ def test_load_omniglot_download(omniglot_server: str, shared_data: Path, tmp_pat
 
 @pytest.mark.slow
 def test_load_omniglot_download_404(omniglot_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omniglot, "OMNIGLOT_BASE_URL", f"{omniglot_server}/nowhere")
+    monkeypatch.setattr(omniglot_source, "OMNIGLOT_BASE_URL", f"{omniglot_server}/nowhere")
     with pytest.raises(DownloadError, match="HTTP 404"):
         omniglot.load_omniglot(root=tmp_path / "o", download=True)
     assert not any((tmp_path / "o").iterdir())

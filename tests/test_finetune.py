@@ -15,13 +15,14 @@ from fewshot.learners import BackboneFineTune, EmbeddingLearner, FineTune, Froze
 
 
 class TinyNet(nn.Module):
-    """conv -> BatchNorm -> ReLU -> maxpool, twice, on 1x8x8 images; feature_dim = 32."""
+    """conv -> BatchNorm -> ReLU -> maxpool, twice, on 1x8x8 images; feature_dim = 32; two stages."""
 
     def __init__(self) -> None:
         super().__init__()
         self.block1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
         self.block2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
         self.feature_dim = 32
+        self.stages = ["block1", "block2"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block2(self.block1(x)).flatten(1)

@@ -9,8 +9,8 @@ from torch import nn
 
 from episodes import EpisodeBatch
 from fewshot.learners import MAML
-from fewshot.learners.functional import NormPolicy, batch_norm, eval_mode
-from fewshot.learners.inner_loop import adapt, gradient_update, map_tasks, resolve_batched
+from fewshot.learners.gradient.functional import NormPolicy, batch_norm, eval_mode
+from fewshot.learners.gradient.inner_loop import adapt, gradient_update, map_tasks, resolve_batched
 
 
 class TinyConv(nn.Module):

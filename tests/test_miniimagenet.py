@@ -16,6 +16,7 @@ from PIL import Image
 from episodes.datasets import miniimagenet
 from episodes.datasets.images import resize_array
 from episodes.datasets.miniimagenet import IMAGENET_MEAN, load_mini_imagenet, read_ravi_split
+from episodes.datasets.pickles import read_learn2learn_pickle, read_pickle_dict, read_rfs_pickle
 from episodes.datasets.safe_pickle import load_pickle
 
 WNIDS = ["n04596742", "n01532829", "n03017168", "n02110063"]  # deliberately unsorted
@@ -155,6 +156,37 @@ def test_resized_and_cached_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(miniimagenet, "_build_learn2learn", refuse)
     second = load_mini_imagenet(tmp_path, split="val", image_size=32, cache_dir=tmp_path / "cache")
     assert torch.equal(first.images, second.images) and first.class_names == second.class_names
+
+
+def test_pickle_readers_give_the_stored_images_and_each_class_name(tmp_path: Path) -> None:
+    images, names = synthetic_images(5)
+    l2l = tmp_path / "l2l.pkl"
+    l2l.write_bytes(pickle.dumps({"image_data": images,
+                                  "class_dict": {w: [i for i, n in enumerate(names) if n == w] for w in WNIDS}}))
+    got, got_names = read_learn2learn_pickle(l2l)
+    np.testing.assert_array_equal(got, images)
+    assert got_names == names
+    rfs = tmp_path / "rfs.pickle"
+    labels = [80 + WNIDS.index(n) for n in names]
+    rfs.write_bytes(py2_pickle({"data": images, "labels": labels, "catname2label": {WNIDS[0]: 80, WNIDS[1]: 81}}))
+    got, got_names = read_rfs_pickle(rfs)
+    np.testing.assert_array_equal(got, images)
+    assert got_names == [n if n in WNIDS[:2] else f"class{80 + WNIDS.index(n):04d}" for n in names]
+
+    l2l.write_bytes(pickle.dumps({"image_data": images, "class_dict": {"a": [0, 0]}}))
+    with pytest.raises(ValueError, match="row 0 of 'a' is out of range or listed twice"):
+        read_learn2learn_pickle(l2l)
+    l2l.write_bytes(pickle.dumps({"image_data": images, "class_dict": {"a": [0]}}))
+    with pytest.raises(ValueError, match="19 images belong to no class"):
+        read_learn2learn_pickle(l2l)
+    rfs.write_bytes(pickle.dumps({"data": images.astype(np.float32), "labels": labels}))
+    with pytest.raises(ValueError, match=r"'data' must be \(N, H, W, 3\) uint8 images"):
+        read_rfs_pickle(rfs)
+    rfs.write_bytes(pickle.dumps({"data": images, "labels": labels[:-1]}))
+    with pytest.raises(ValueError, match="20 images but 19 labels"):
+        read_rfs_pickle(rfs)
+    with pytest.raises(ValueError, match=r"expected a dict with keys \['data', 'extra'\]"):
+        read_pickle_dict(rfs, keys=("data", "extra"))
 
 
 class _Exploit:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from episodes.datasets import load_omniglot, omniglot
+from episodes.datasets import load_omniglot, omniglot, omniglot_source
 from episodes.datasets import omniglot_embedded as embedded
 from episodes.datasets.images import decode_image, resize_array
 
@@ -139,8 +139,8 @@ def test_second_load_uses_the_cache_until_a_source_changes(tmp_path: Path, monke
     def no_decoding(source: Path, size: int) -> dict[str, torch.Tensor]:
         raise AssertionError(f"decoded {source} again")
 
-    real_decode = omniglot._decode_source
-    monkeypatch.setattr(omniglot, "_decode_source", no_decoding)
+    real_decode = omniglot.decode_source
+    monkeypatch.setattr(omniglot, "decode_source", no_decoding)
     second = load_omniglot(root=tmp_path / "data", protocol="lake", split="background", image_size=16)
     assert torch.equal(first.images, second.images) and first.class_names == second.class_names
     with pytest.raises(AssertionError, match="decoded"):  # another size is another cache
@@ -150,7 +150,7 @@ def test_second_load_uses_the_cache_until_a_source_changes(tmp_path: Path, monke
     changed.write_bytes(_png(np.zeros((105, 105), dtype=bool)))
     with pytest.raises(AssertionError, match="decoded"):
         load_omniglot(root=tmp_path / "data", protocol="lake", split="background", image_size=16)
-    monkeypatch.setattr(omniglot, "_decode_source", real_decode)
+    monkeypatch.setattr(omniglot, "decode_source", real_decode)
     rebuilt = load_omniglot(root=tmp_path / "data", protocol="lake", split="background", image_size=16)
     assert int(rebuilt.images[7].max()) == 0 and torch.equal(rebuilt.images[:7], first.images[:7])
 
@@ -310,11 +310,11 @@ def test_embedded_copy_equals_the_zips_pixel_for_pixel(shared_data: Path) -> Non
     ink, names = embedded._unpack_ink()
     row = 0
     for set_name in omniglot.SETS:
-        for record, data in omniglot._read_source(shared_data / "omniglot" / f"{set_name}.zip"):
+        for record, data in omniglot_source.read_source(shared_data / "omniglot" / f"{set_name}.zip"):
             alphabet, character, drawing = record.split("/")
             assert (names["sets"][row], names["alphabets"][row], names["characters"][row],
                     names["drawings"][row]) == (set_name, alphabet, character, drawing)
-            assert np.array_equal(omniglot.decode_ink(data, name=record), ink[row]), record
+            assert np.array_equal(omniglot_source.decode_ink(data, name=record), ink[row]), record
             row += 1
     assert row == len(ink) == 32460
 

@@ -9,7 +9,7 @@ from synthetic import template_batch
 from torch import nn
 
 from fewshot.learners import OuterOptimizer, ProtoNet
-from fewshot.learners.protonet import prototypes
+from fewshot.learners.metric.protonet import prototypes
 
 
 class TinyNet(nn.Module):

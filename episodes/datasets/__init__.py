@@ -3,18 +3,26 @@
 from episodes.datasets.cache import cached_arrays, default_cache_dir, source_fingerprint
 from episodes.datasets.download import download_file, safe_extract_zip
 from episodes.datasets.folder import load_image_folder
+from episodes.datasets.loading import group_by_class, load_cached_dataset
 from episodes.datasets.miniimagenet import load_mini_imagenet
-from episodes.datasets.omniglot import download_omniglot, load_omniglot, pack_omniglot
+from episodes.datasets.omniglot import load_omniglot
+from episodes.datasets.omniglot_source import download_omniglot, pack_omniglot
+from episodes.datasets.pickles import read_learn2learn_pickle, read_pickle_dict, read_rfs_pickle
 
 __all__ = [
     "cached_arrays",
     "default_cache_dir",
     "download_file",
     "download_omniglot",
+    "group_by_class",
+    "load_cached_dataset",
     "load_image_folder",
     "load_mini_imagenet",
     "load_omniglot",
     "pack_omniglot",
+    "read_learn2learn_pickle",
+    "read_pickle_dict",
+    "read_rfs_pickle",
     "safe_extract_zip",
     "source_fingerprint",
 ]

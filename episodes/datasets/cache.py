@@ -11,13 +11,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["cache_dir_for", "cached_arrays", "default_cache_dir", "source_fingerprint"]
+from episodes.files import atomic_write
+
+__all__ = ["cache_dir_for", "cached_arrays", "decode_names", "default_cache_dir", "encode_names",
+           "source_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,16 @@ def source_fingerprint(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
+def encode_names(names: Sequence[str]) -> torch.Tensor:
+    """Names as one (L,) uint8 tensor of newline-joined UTF-8 (a cache holds tensors only)."""
+    return torch.frombuffer(bytearray("\n".join(names).encode()), dtype=torch.uint8)
+
+
+def decode_names(encoded: torch.Tensor) -> list[str]:
+    """The names :func:`encode_names` stored in the (L,) uint8 tensor ``encoded``."""
+    return bytes(encoded.numpy()).decode().split("\n")
+
+
 def _key_string(key: dict[str, object]) -> str:
     try:
         return json.dumps(key, sort_keys=True, separators=(",", ":"))
@@ -99,21 +111,6 @@ def _load_if_valid(path: Path, key_string: str) -> dict[str, torch.Tensor] | Non
     return tensors
 
 
-def _write_atomic(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; give the usual mode of a new file
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def cached_arrays(
     path: Path,
     *,
@@ -124,8 +121,8 @@ def cached_arrays(
 
     If ``path`` exists and its stored key equals ``key``, its tensors are loaded memory-mapped
     (``torch.load(mmap=True, weights_only=True)``): nothing is decoded and pages are read on
-    demand. Otherwise ``build()`` is called and its result written atomically (a temporary file
-    in the same folder, fsync, ``os.replace``), so a crash never leaves a half-written cache.
+    demand. Otherwise ``build()`` is called and its result written with
+    :func:`episodes.files.atomic_write`, so a crash never leaves a half-written cache.
     A stale or corrupt file is rebuilt with a logged warning, never trusted. If ``build()``
     raises, the exception propagates and nothing is written.
 
@@ -148,8 +145,9 @@ def cached_arrays(
         raise TypeError("build() must return a dict of str -> torch.Tensor")
     if _KEY in tensors:
         raise ValueError(f"build() must not return an array named {_KEY!r}: that name holds the cache key")
+    payload = {_KEY: key_string, **tensors}
     try:
-        _write_atomic(path, {_KEY: key_string, **tensors})
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except OSError as err:
         logger.warning("could not write cache %s (%s); continuing without it", path, err)
     return tensors

@@ -14,6 +14,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from episodes.files import atomic_write
+
 __all__ = ["DownloadError", "download_file", "file_digest", "safe_extract_zip"]
 
 logger = logging.getLogger(__name__)
@@ -44,10 +46,10 @@ def download_file(
 ) -> Path:
     """Download ``url`` to ``dest``, verifying its checksum before it is moved into place.
 
-    The body is streamed to a temporary file beside ``dest`` while it is hashed; only when the
-    length and checksum match is it renamed to ``dest`` with ``os.replace``. A failed, interrupted
-    or mismatching download removes the temporary file, so ``dest`` is either absent/unchanged or
-    complete and verified.
+    The body is streamed through :func:`episodes.files.atomic_write` (a temporary file beside
+    ``dest``) while it is hashed; only when the length and checksum match is it renamed to ``dest``.
+    A failed, interrupted or mismatching download removes the temporary file, so ``dest`` is either
+    absent/unchanged or complete and verified.
 
     Args:
         url: http(s) or file URL.
@@ -66,13 +68,12 @@ def download_file(
     expected = {name: value.lower() for name, value in (("md5", md5), ("sha256", sha256)) if value}
     if not expected:
         raise ValueError(f"download_file({url!r}): pass md5= or sha256= so the file can be verified")
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digests = {name: hashlib.new(name) for name in expected}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        received = 0
-        with os.fdopen(fd, "wb") as out:
+    received = 0
+
+    def fetch(tmp: Path) -> None:
+        nonlocal received
+        digests = {name: hashlib.new(name) for name in expected}
+        with tmp.open("wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     length = response.headers.get("Content-Length")
@@ -85,10 +86,8 @@ def download_file(
                 raise DownloadError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 raise DownloadError(f"downloading {url} failed: {err}; check the URL and your connection") from err
-            if length is not None and received != int(length):
-                raise DownloadError(f"downloading {url} stopped after {received} of {length} bytes; try again")
-            out.flush()
-            os.fsync(out.fileno())
+        if length is not None and received != int(length):
+            raise DownloadError(f"downloading {url} stopped after {received} of {length} bytes; try again")
         for name, value in expected.items():
             actual = digests[name].hexdigest()
             if actual != value:
@@ -96,11 +95,8 @@ def download_file(
                     f"checksum mismatch for {url}: expected {name} {value}, got {actual}. The file is corrupt or "
                     "was changed upstream; nothing was written. Retry, or pass the checksum of a file you trust."
                 )
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; give the usual mode of a new file
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    dest = atomic_write(dest, fetch)
     logger.info("downloaded %s (%d bytes) to %s", url, received, dest)
     return dest
 

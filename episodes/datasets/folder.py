@@ -8,8 +8,6 @@ machine). The decoded images are cached and loaded memory-mapped next time.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +18,8 @@ import torch
 
 from episodes import rng
 from episodes.dataset import FewShotDataset
-from episodes.datasets.cache import cache_dir_for, cached_arrays, source_fingerprint
 from episodes.datasets.images import decode_image
+from episodes.datasets.loading import load_cached_dataset
 
 __all__ = ["IMAGE_SUFFIXES", "assign_classes", "list_classes", "load_image_folder"]
 
@@ -156,12 +154,11 @@ def load_image_folder(root: Path | str, *, image_size: int, channels: int = 3,
         raise ValueError(f"class folder(s) {empty[:5]} in {root} hold no {'/'.join(IMAGE_SUFFIXES)} images; "
                          "add images or remove the folders")
     files = [path for name in chosen for path in found[name]]
-    labels = [i for i, name in enumerate(chosen) for _ in found[name]]
+    labels = torch.tensor([i for i, name in enumerate(chosen) for _ in found[name]])
     mode = "L" if channels == 1 else "RGB"
-    key = {"loader": "image-folder", "version": _LOADER_VERSION, "classes": chosen, "size": image_size,
-           "mode": mode, "source": source_fingerprint(files)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir_for(root, cache_dir) / f"folder-{root.name}-{digest}.pt"
-    arrays = cached_arrays(path, key=key, build=functools.partial(_decode, files, mode, image_size))
-    return FewShotDataset.from_tensors(arrays["images"], torch.tensor(labels), chosen,
-                                       name=f"{root.name}/{split}" if split else root.name, mean=mean, std=std)
+    return load_cached_dataset(
+        key={"loader": "image-folder", "version": _LOADER_VERSION, "classes": chosen, "size": image_size,
+             "mode": mode},
+        sources=files, root=root, cache_dir=cache_dir, cache_name=f"folder-{root.name}", key_in_name=True,
+        build=functools.partial(_decode, files, mode, image_size), classes=lambda _: (labels, chosen),
+        name=f"{root.name}/{split}" if split else root.name, mean=mean, std=std)

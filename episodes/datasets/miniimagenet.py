@@ -15,8 +15,8 @@ No pixels ship with this package (they come from ImageNet). Three layouts users 
 - ``torchmeta``: ``{split}_data.hdf5`` + ``{split}_labels.json`` in ``root`` or ``root/miniimagenet``
   (see :mod:`episodes.datasets.torchmeta`; needs h5py).
 
-Pickles are read with :func:`episodes.datasets.safe_pickle.load_pickle` (no code runs). The decoded
-images are cached (:func:`episodes.datasets.cache.cached_arrays`) and loaded memory-mapped next time.
+Pickles are read with :mod:`episodes.datasets.pickles` (no code runs). The decoded images are cached
+(:func:`episodes.datasets.loading.load_cached_dataset`) and loaded memory-mapped next time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from episodes.dataset import FewShotDataset
-from episodes.datasets.cache import cache_dir_for, cached_arrays, source_fingerprint
-from episodes.datasets.images import decode_image, resize_array
-from episodes.datasets.safe_pickle import load_pickle
+from episodes.datasets.images import decode_image
+from episodes.datasets.loading import group_by_class, load_cached_dataset
+from episodes.datasets.pickles import read_learn2learn_pickle, read_rfs_pickle
 from episodes.datasets.torchmeta import read_torchmeta, torchmeta_files
 
 __all__ = ["FORMATS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "load_mini_imagenet", "read_ravi_split"]
@@ -86,66 +86,16 @@ def read_ravi_split(root: Path | None, split: str) -> tuple[list[tuple[str, str]
     return [(filename, label) for part, filename, label in rows if part == split], EMBEDDED_SPLITS
 
 
-def _grouped(images: np.ndarray, names: Sequence[str], size: int) -> dict[str, torch.Tensor]:
-    """Cache arrays from (N, H, W, 3) uint8 images and each image's class name (classes sorted by name)."""
-    classes = sorted(set(names))
-    code = {name: i for i, name in enumerate(classes)}
-    labels = np.array([code[name] for name in names], dtype=np.int64)
-    order = np.argsort(labels, kind="stable")
-    if images.shape[1:3] != (size, size):
-        resized = np.empty((len(images), size, size, 3), dtype=np.uint8)
-        for i, image in enumerate(images):
-            resized[i] = resize_array(image, (size, size))
-        images = resized
-    return {"images": torch.from_numpy(np.ascontiguousarray(images[order].transpose(0, 3, 1, 2))),
-            "labels": torch.from_numpy(labels[order]),
-            "class_names": torch.frombuffer(bytearray("\n".join(classes).encode()), dtype=torch.uint8)}
-
-
-def _check_pixels(data: object, source: Path, key: str) -> np.ndarray:
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
-        shape = getattr(data, "shape", None)
-        raise ValueError(f"{source}: {key!r} must be (N, H, W, 3) uint8 images, got {type(data).__name__} {shape}; "
-                         "is this the right file?")
-    return data
-
-
-def _load_dict(path: Path, keys: Sequence[str]) -> dict:
-    data = load_pickle(path)
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: expected a dict with keys {list(keys)}, found {found}")
-    return data
-
-
 def _build_learn2learn(path: Path, size: int) -> dict[str, torch.Tensor]:
-    data = _load_dict(path, ("image_data", "class_dict"))
-    images = _check_pixels(data["image_data"], path, "image_data")
-    names: list[str | None] = [None] * len(images)
-    for wnid, rows in data["class_dict"].items():
-        for row in rows:
-            if not 0 <= int(row) < len(images) or names[int(row)] is not None:
-                raise ValueError(f"{path}: class_dict row {row} of {wnid!r} is out of range or listed twice")
-            names[int(row)] = str(wnid)
-    missing = [i for i, name in enumerate(names) if name is None]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} images belong to no class in class_dict (e.g. row {missing[0]})")
-    return _grouped(images, names, size)
+    return group_by_class(*read_learn2learn_pickle(path), size=size)
 
 
 def _build_rfs(path: Path, size: int) -> dict[str, torch.Tensor]:
-    data = _load_dict(path, ("data", "labels"))
-    images = _check_pixels(data["data"], path, "data")
-    labels = [int(label) for label in data["labels"]]
-    if len(labels) != len(images):
-        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
-    catname = {int(label): str(name) for name, label in data.get("catname2label", {}).items()}
-    return _grouped(images, [catname.get(label, f"class{label:04d}") for label in labels], size)
+    return group_by_class(*read_rfs_pickle(path), size=size)
 
 
 def _build_torchmeta(data_file: Path, labels_file: Path, size: int) -> dict[str, torch.Tensor]:
-    images, names = read_torchmeta(data_file, labels_file)
-    return _grouped(images, names, size)
+    return group_by_class(*read_torchmeta(data_file, labels_file), size=size)
 
 
 def _image_paths(root: Path, rows: list[tuple[str, str]], csv: Path) -> list[Path]:
@@ -171,7 +121,7 @@ def _build_images(paths: list[Path], rows: list[tuple[str, str]], size: int) -> 
     with ThreadPoolExecutor() as pool:
         list(pool.map(decode, range(len(paths))))
     logger.info("decoded %d Mini-ImageNet images at %dx%d", len(paths), size, size)
-    return _grouped(images, [wnid for _, wnid in rows], size)
+    return group_by_class(images, [wnid for _, wnid in rows], size=size)
 
 
 def _detect(root: Path, split: str) -> str:
@@ -238,10 +188,7 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
         sources = [pickle_file]
         builder = _build_learn2learn if fmt == "learn2learn" else _build_rfs
         build = functools.partial(builder, pickle_file, image_size)
-    key = {"loader": "mini-imagenet", "version": _LOADER_VERSION, "format": fmt, "split": split,
-           "size": image_size, "source": source_fingerprint(sources)}
-    path = cache_dir_for(root, cache_dir) / f"mini-imagenet-{fmt}-{split}-{image_size}.pt"
-    arrays = cached_arrays(path, key=key, build=build)
-    names = bytes(arrays["class_names"].numpy()).decode().split("\n")
-    return FewShotDataset.from_tensors(arrays["images"], arrays["labels"], names, name=f"mini-imagenet/{split}",
-                                       mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return load_cached_dataset(
+        key={"loader": "mini-imagenet", "version": _LOADER_VERSION, "format": fmt, "split": split, "size": image_size},
+        sources=sources, root=root, cache_dir=cache_dir, cache_name=f"mini-imagenet-{fmt}-{split}-{image_size}",
+        build=build, name=f"mini-imagenet/{split}", mean=IMAGENET_MEAN, std=IMAGENET_STD)

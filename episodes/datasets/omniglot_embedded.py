@@ -18,14 +18,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import lzma
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from episodes.datasets.cache import encode_names
 from episodes.datasets.images import resize_array
+from episodes.files import atomic_write
 
 __all__ = ["EMBEDDED_FILE", "SPLITS_FILE", "alphabet_sets", "decode_embedded", "embedded_sha256", "vinyals_split",
            "write_packed", "write_splits"]
@@ -90,33 +90,26 @@ def decode_embedded(set_name: str, size: int) -> dict[str, torch.Tensor]:
     """One set of the embedded copy, as the loader caches it.
 
     Returns:
-        ``images``: (N, 1, size, size) uint8, ink = 255; ``records``: uint8 UTF-8 of the
-        newline-joined ``Alphabet/characterNN/drawing`` names.
+        ``images``: (N, 1, size, size) uint8, ink = 255; ``records``: the ``Alphabet/characterNN/drawing``
+        names, as :func:`episodes.datasets.cache.encode_names` stores them.
     """
     ink, names = _unpack_ink()
     chosen = np.flatnonzero(names["sets"] == set_name)
     if not len(chosen):
         raise ValueError(f"the embedded Omniglot copy has no set {set_name!r}")
     images = np.stack([resize_array(ink[i], (size, size)) for i in chosen])
-    records = "\n".join(f"{names['alphabets'][i]}/{names['characters'][i]}/{names['drawings'][i]}" for i in chosen)
-    return {"images": torch.from_numpy(images)[:, None],
-            "records": torch.frombuffer(bytearray(records.encode()), dtype=torch.uint8)}
+    records = [f"{names['alphabets'][i]}/{names['characters'][i]}/{names['drawings'][i]}" for i in chosen]
+    return {"images": torch.from_numpy(images)[:, None], "records": encode_names(records)}
 
 
 def _savez_atomic(out: Path, arrays: dict[str, np.ndarray]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """``np.savez_compressed`` of ``arrays`` into ``out``, through :func:`episodes.files.atomic_write`."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a handle: given a path, numpy would append ".npz" to the name
             np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # package data: readable by everyone, like a normal file
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)
 
 
 def write_packed(out: Path, ink: np.ndarray, names: dict[str, list[str]]) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewshot.backbones.base import Backbone
 from fewshot.backbones.spec import BackboneSpec, as_size, default_spec
 
 
-class Conv4(nn.Module):
+class Conv4(Backbone):
     """Conv4: four blocks of conv3x3(hidden, padding 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2), flattened.
 
     Vinyals et al. 2016, "Matching Networks for One Shot Learning"; used by Snell et al. 2017
@@ -16,7 +17,8 @@ class Conv4(nn.Module):
 
     The flattened feature size depends on the input size: every max-pool halves (and floors)
     H and W, so ``feature_dim = hidden * (H // 16) * (W // 16)`` for sizes that stay even, e.g.
-    64 at 28x28 (28 -> 14 -> 7 -> 3 -> 1) and 1600 at 84x84 (84 -> 42 -> 21 -> 10 -> 5).
+    64 at 28x28 (28 -> 14 -> 7 -> 3 -> 1) and 1600 at 84x84 (84 -> 42 -> 21 -> 10 -> 5). The
+    feature maps are the (N, hidden, H // 16, W // 16) output of ``block4``; :meth:`pool` flattens them.
 
     Args:
         in_channels: C of the input images (1 for Omniglot, 3 for colour).
@@ -47,17 +49,19 @@ class Conv4(nn.Module):
             ))
             channels = hidden
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a batch of images.
-
-        Args:
-            x: (N, in_channels, H, W) float images of the size given at construction.
-        Returns:
-            (N, feature_dim) flattened features.
-        """
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float images -> (N, hidden, H // 16, W // 16) maps of ``block4``."""
         for name in self.stages:
             x = getattr(self, name)(x)
-        x = x.flatten(1)
+        return x
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, hidden, h, w) maps -> (N, feature_dim) flattened features.
+
+        Raises:
+            ValueError: the maps come from inputs of another size than the one built for.
+        """
+        x = maps.flatten(1)
         if x.shape[1] != self.feature_dim:
             raise ValueError(f"Conv4 built for {self.spec.input_size} inputs (feature_dim {self.feature_dim}) "
                              f"got an input giving {x.shape[1]} features; build it with input_size=(H, W) "

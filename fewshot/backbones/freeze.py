@@ -1,4 +1,8 @@
-"""Freezing policies for transfer (all, all but the head, the first k stages) and per-part learning rates.
+"""Freezing policies for transfer: all, all but the head, the first k stages.
+
+:func:`frozen_names` says which parameters a policy freezes (the fine-tune learners adapt the others, see
+:class:`~fewshot.learners.finetune.BackboneFineTune`); :func:`apply_freeze` applies it to a module in place, for
+training loops of your own.
 
 A frozen BatchNorm must not keep adapting its running statistics, so it is kept in eval mode:
 :func:`apply_freeze` calls ``.eval()`` on it and registers a forward pre-hook that switches it
@@ -58,6 +62,18 @@ def _frozen_predicate(model: nn.Module, policy: str, k: int, head_names: Sequenc
     return lambda name: _under(name, frozen)
 
 
+def frozen_names(model: nn.Module, policy: FreezePolicy, k: int = 0, *,
+                 head_names: Sequence[str] = DEFAULT_HEAD_NAMES) -> list[str]:
+    """The names of the parameters of ``model`` that ``policy`` freezes (see :func:`apply_freeze` for the
+    policies); changes nothing."""
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown freeze policy {policy!r}; use one of {', '.join(_POLICIES)}")
+    if policy != "first_k" and k != 0:
+        raise ValueError(f"k={k} is only meaningful with policy 'first_k', not {policy!r}")
+    is_frozen = _frozen_predicate(model, policy, k, head_names)
+    return [name for name, _ in model.named_parameters() if is_frozen(name)]
+
+
 def apply_freeze(model: nn.Module, policy: FreezePolicy, k: int = 0, *,
                  head_names: Sequence[str] = DEFAULT_HEAD_NAMES) -> list[str]:
     """Set ``requires_grad`` on every parameter of ``model`` according to ``policy``.
@@ -74,16 +90,10 @@ def apply_freeze(model: nn.Module, policy: FreezePolicy, k: int = 0, *,
     Returns:
         The names of the frozen parameters.
     """
-    if policy not in _POLICIES:
-        raise ValueError(f"unknown freeze policy {policy!r}; use one of {', '.join(_POLICIES)}")
-    if policy != "first_k" and k != 0:
-        raise ValueError(f"k={k} is only meaningful with policy 'first_k', not {policy!r}")
+    frozen = frozen_names(model, policy, k, head_names=head_names)
     is_frozen = _frozen_predicate(model, policy, k, head_names)
-    frozen = []
     for name, param in model.named_parameters():
-        param.requires_grad_(not is_frozen(name))
-        if is_frozen(name):
-            frozen.append(name)
+        param.requires_grad_(name not in frozen)
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.fewshot_frozen = is_frozen(name)
@@ -93,30 +103,3 @@ def apply_freeze(model: nn.Module, policy: FreezePolicy, k: int = 0, *,
                     module.fewshot_hooked = True
                 module.eval()
     return frozen
-
-
-def param_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float,
-                 head_names: Sequence[str] = DEFAULT_HEAD_NAMES) -> list[dict[str, object]]:
-    """Optimizer parameter groups: the head at ``lr``, everything else at ``lr * backbone_lr_mult``.
-
-    Only trainable parameters are included (freeze first, then build the groups).
-
-    Returns:
-        ``[{"name": "head", "params": [...], "lr": lr}, {"name": "backbone", "params": [...],
-        "lr": lr * backbone_lr_mult}]``, leaving out an empty group; pass it to any torch optimizer.
-    """
-    if lr <= 0 or backbone_lr_mult < 0:
-        raise ValueError(f"need lr > 0 and backbone_lr_mult >= 0, got lr={lr}, backbone_lr_mult={backbone_lr_mult}")
-    named = list(model.named_parameters())
-    if not any(_under(name, head_names) for name, _ in named):
-        children = [n for n, _ in model.named_children()]
-        raise ValueError(f"no parameter of {type(model).__name__} lies under {list(head_names)} (its children: "
-                         f"{children}); pass head_names=")
-    head = [p for name, p in named if p.requires_grad and _under(name, head_names)]
-    body = [p for name, p in named if p.requires_grad and not _under(name, head_names)]
-    groups: list[dict[str, object]] = []
-    if head:
-        groups.append({"name": "head", "params": head, "lr": lr})
-    if body:
-        groups.append({"name": "backbone", "params": body, "lr": lr * backbone_lr_mult})
-    return groups

@@ -5,21 +5,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from torch import nn
-
+from fewshot.backbones.base import Backbone
 from fewshot.backbones.conv4 import Conv4
 from fewshot.backbones.interop import TimmBackbone, TorchvisionBackbone
 from fewshot.backbones.resnet import ResNet18, ResNet50
 from fewshot.backbones.resnet12 import ResNet12
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+_BACKBONES: dict[str, Callable[..., Backbone]] = {
     "conv4": Conv4,
     "resnet12": ResNet12,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
 }
 # "<prefix>:<model>" names: the model name is passed to the wrapper as ``model_name``.
-_WRAPPERS: dict[str, Callable[..., nn.Module]] = {
+_WRAPPERS: dict[str, Callable[..., Backbone]] = {
     "timm": TimmBackbone,
     "torchvision": TorchvisionBackbone,
 }
@@ -30,12 +29,12 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES) + [f"{prefix}:<model>" for prefix in sorted(_WRAPPERS)]
 
 
-def _accepted_keywords(builder: Callable[..., nn.Module]) -> list[str]:
+def _accepted_keywords(builder: Callable[..., Backbone]) -> list[str]:
     params = inspect.signature(builder).parameters.values()
     return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def create_backbone(name: str, **kwargs: object) -> nn.Module:
+def create_backbone(name: str, **kwargs: object) -> Backbone:
     """Build a backbone by name.
 
     Args:
@@ -43,8 +42,8 @@ def create_backbone(name: str, **kwargs: object) -> nn.Module:
             ``"resnet50"``), or ``"timm:<model>"`` / ``"torchvision:<model>"``.
         **kwargs: the backbone's constructor keywords, checked against its signature.
     Returns:
-        A module with ``feature_dim``, ``spec`` and ``stages`` whose forward maps
-        (N, C, H, W) images to (N, feature_dim) features.
+        A :class:`~fewshot.backbones.base.Backbone`: ``backbone(x)`` maps (N, C, H, W) images to
+        (N, feature_dim) vectors, ``backbone.forward_features(x)`` to (N, C', h, w) maps.
     Raises:
         ValueError: unknown name. TypeError: a keyword the backbone does not accept.
     """

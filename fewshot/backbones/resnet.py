@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fewshot.backbones.base import Backbone
 from fewshot.backbones.spec import BackboneSpec, default_spec
 
 
@@ -64,7 +65,7 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
                          nn.BatchNorm2d(out_channels))
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """A ResNet feature extractor laid out exactly like torchvision's (no ``fc`` classifier).
 
     He et al. 2016, "Deep Residual Learning for Image Recognition".
@@ -72,7 +73,9 @@ class ResNet(nn.Module):
     Parameter and buffer names match ``torchvision.models.resnet*`` (``conv1``, ``bn1``,
     ``layer1.0.conv1``, ``layer2.0.downsample.0``, ...), so an ImageNet state dict from
     torchvision or timm loads directly (its ``fc.*`` keys are the classifier and are dropped
-    by :func:`fewshot.backbones.weights.load_pretrained`).
+    by :func:`fewshot.backbones.weights.load_pretrained`). The feature maps are the output of
+    ``layer4``: (N, feature_dim, H / 32, W / 32) with the ImageNet stem, (N, feature_dim, H / 8,
+    W / 8) with ``small_input`` (sizes rounded up); :meth:`pool` averages them.
 
     Args:
         block: ``"basic"`` (ResNet-18/34) or ``"bottleneck"`` (ResNet-50/101/152).
@@ -117,17 +120,15 @@ class ResNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a batch of images.
-
-        Args:
-            x: (N, in_channels, H, W) float images.
-        Returns:
-            (N, feature_dim) globally average-pooled features (512 for ResNet-18, 2048 for ResNet-50).
-        """
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float images -> (N, feature_dim, h, w) maps of ``layer4``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(dim=(2, 3))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim, h, w) maps -> (N, feature_dim) global averages (512 for ResNet-18,
+        2048 for ResNet-50)."""
+        return maps.mean(dim=(2, 3))
 
 
 class ResNet18(ResNet):

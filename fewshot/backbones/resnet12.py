@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.backbones.base import Backbone
 from fewshot.backbones.spec import BackboneSpec, default_spec
 
 
@@ -76,7 +77,7 @@ class ResNet12Block(nn.Module):
         return self.dropblock(self.pool(out))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Backbone):
     """ResNet-12: four residual blocks of widths (64, 160, 320, 640), global average pooling.
 
     Oreshkin et al. 2018, "TADAM: Task dependent adaptive metric for improved few-shot learning";
@@ -86,7 +87,8 @@ class ResNet12(nn.Module):
     Stage ``layerK`` is an ``nn.Sequential`` holding one block, so parameter names read
     ``layer1.0.conv1.weight``, ``layer1.0.downsample.0.weight``, ... Convolutions have no bias
     (batch norm follows each). DropBlock (Ghiasi et al. 2018) acts after the last two blocks, as in
-    MetaOptNet and RFS, only in training mode.
+    MetaOptNet and RFS, only in training mode. The feature maps are the (N, widths[-1], H // 16, W // 16)
+    output of ``layer4``; :meth:`pool` averages them.
 
     Args:
         in_channels: C of the input images.
@@ -113,16 +115,15 @@ class ResNet12(nn.Module):
             self.add_module(name, nn.Sequential(block))
             channels = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a batch of images.
-
-        Args:
-            x: (N, in_channels, H, W) float images, H and W at least 16.
-        Returns:
-            (N, 640) (``feature_dim``) globally average-pooled features.
-        """
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float images, H and W at least 16 -> (N, widths[-1], H // 16, W // 16)
+        maps of ``layer4``."""
         if x.shape[-2] < 16 or x.shape[-1] < 16:
             raise ValueError(f"ResNet12 needs inputs of at least 16x16 (four 2x2 max-pools), got {tuple(x.shape)}")
         for name in self.stages:
             x = getattr(self, name)(x)
-        return x.mean(dim=(2, 3))
+        return x
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, C', h, w) maps -> (N, feature_dim) global averages over h and w."""
+        return maps.mean(dim=(2, 3))

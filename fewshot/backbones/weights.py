@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from episodes.files import atomic_write
 from fewshot.backbones.registry import create_backbone
 from fewshot.backbones.spec import BackboneSpec
 
@@ -266,16 +266,7 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str], *, name: str,
     if isinstance(spec, BackboneSpec):
         metadata[_META_SPEC] = json.dumps(asdict(spec))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_backbone(path: str | os.PathLike[str]) -> nn.Module:

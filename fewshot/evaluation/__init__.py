@@ -22,6 +22,7 @@ from fewshot.evaluation.report import (
     write_json,
     write_markdown,
 )
+from fewshot.evaluation.runs import check_test_set, gather_results, run_label, write_results
 
 __all__ = [
     "Comparison",
@@ -31,17 +32,21 @@ __all__ = [
     "OneProcess",
     "PairedComparison",
     "Shards",
+    "check_test_set",
     "collect_provenance",
     "csv_rows",
     "evaluate",
     "evaluate_settings",
+    "gather_results",
     "markdown_table",
     "mean_ci95",
     "paired_comparison",
     "plot_accuracy_vs_shots",
     "plot_learning_curve",
     "read_json",
+    "run_label",
     "write_csv",
     "write_json",
     "write_markdown",
+    "write_results",
 ]

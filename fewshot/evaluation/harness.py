@@ -72,12 +72,14 @@ class LearnerResult:
         name: the learner's key in the mapping given to :func:`evaluate`.
         accuracies: (episodes,) float64 query accuracy of each episode, in [0, 1].
         mean, ci95: mean accuracy and 95% half-width from :func:`mean_ci95`, in [0, 1].
+        transductive: the learner used the unlabelled query set of each episode (:attr:`Learner.transductive`).
     """
 
     name: str
     accuracies: torch.Tensor
     mean: float
     ci95: float
+    transductive: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,8 @@ class EvaluationResult:
         """Plain JSON-ready values (per-episode accuracies as lists of floats)."""
         return {
             "spec": vars(self.spec).copy(),
-            "learners": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "accuracies": r.accuracies.tolist()}
-                         for r in self.learners],
+            "learners": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "transductive": r.transductive,
+                          "accuracies": r.accuracies.tolist()} for r in self.learners],
             "comparisons": [{"learner_a": c.learner_a, "learner_b": c.learner_b, **c.result.to_dict()}
                             for c in self.comparisons],
             "train_dataset": self.train_dataset,
@@ -136,7 +138,8 @@ class EvaluationResult:
         return EvaluationResult(
             spec=EpisodeSpec(**data["spec"]),
             learners=tuple(LearnerResult(r["name"], torch.tensor(r["accuracies"], dtype=torch.float64),
-                                         float(r["mean"]), float(r["ci95"])) for r in data["learners"]),
+                                         float(r["mean"]), float(r["ci95"]), bool(r.get("transductive", False)))
+                          for r in data["learners"]),
             comparisons=tuple(comparisons),
             train_dataset=data["train_dataset"],
             test_dataset=data["test_dataset"],
@@ -331,7 +334,7 @@ def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor]
     results = []
     for name in learners:
         mean, half = mean_ci95(accuracies[name])
-        results.append(LearnerResult(name, accuracies[name], mean, half))
+        results.append(LearnerResult(name, accuracies[name], mean, half, learners[name].transductive))
         logger.info("%s on %s %d-way %d-shot: %.2f +- %.2f%%", name, dataset, n_way, n_shot, 100 * mean, 100 * half)
     comparisons = tuple(
         Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=seed))

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 import fewshot
+from episodes.files import atomic_write, atomic_write_text
 from fewshot.evaluation.harness import EvaluationResult, LearnerResult
-from fewshot.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -151,17 +151,22 @@ def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[
     return methods, columns, cells
 
 
+TRANSDUCTIVE_MARK = " (transductive)"
+
+
 def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, digits: int = 2) -> str:
     """A table for a paper: ``| method | 5-way 1-shot | ... |`` with cells ``98.80 ± 0.21`` (percent,
-    mean ± 95% half-width); ``–`` where a method was not run in a setting."""
+    mean ± 95% half-width); ``–`` where a method was not run in a setting. Methods that used the unlabelled
+    query set (transductive) carry :data:`TRANSDUCTIVE_MARK` after their name."""
     methods, columns, cells = _cells(_as_list(results))
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method in methods:
-        row = []
+        row, transductive = [], False
         for column in columns:
             cell = cells.get((method, column))
             row.append("–" if cell is None else f"{100 * cell.mean:.{digits}f} ± {100 * cell.ci95:.{digits}f}")
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+            transductive |= cell is not None and cell.transductive
+        lines.append(f"| {method}{TRANSDUCTIVE_MARK if transductive else ''} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -64,8 +64,15 @@ class OuterOptimizer:
 class Learner(nn.Module, abc.ABC):
     """A few-shot learner: adapts to each episode's support set and labels its query set.
 
-    ``predict`` must never change the learner's own parameters or buffers.
+    ``predict`` must never change the learner's own parameters or buffers, and never sees query labels.
+
+    Attributes:
+        transductive: True when a query's prediction may depend on the other (unlabelled) queries of its
+            episode (e.g. batch statistics over the query set); reports mark such rows, since they are not
+            comparable with inductive ones.
     """
+
+    transductive: bool = False
 
     @abc.abstractmethod
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
@@ -171,15 +178,25 @@ class EmbeddingLearner(Learner):
             (B, n_way*n_query, n_way) logits.
         """
 
+    def embed_episodes(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed the support and query images of every task in one :meth:`embed` call, then split.
+
+        Runs in the module's current mode (in train mode, batch norm sees the whole meta-batch).
+
+        Returns:
+            support (B, n_way*n_shot, D) and query (B, n_way*n_query, D) features.
+        """
+        b, s = batch.support_x.shape[:2]
+        q = batch.query_x.shape[1]
+        feats = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        return feats[: b * s].view(b, s, -1), feats[b * s:].view(b, q, -1)
+
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                b, s = batch.support_x.shape[:2]
-                q = batch.query_x.shape[1]
-                feats = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-                support, query = feats[: b * s].view(b, s, -1), feats[b * s:].view(b, q, -1)
+                support, query = self.embed_episodes(batch)
             return self.predict_features(support, batch.support_y, query, batch.n_way)
         finally:
             self.train(was_training)

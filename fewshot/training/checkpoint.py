@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewshot.files import atomic_write_bytes
+from episodes.files import atomic_write_bytes
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from episodes.files import atomic_write_text
 from episodes.sampler import EpisodeSampler
-from fewshot.files import atomic_write_bytes
 from fewshot.learners.base import MetaLearner
 from fewshot.training.checkpoint import (
     load_checkpoint,
@@ -267,7 +267,7 @@ def _append_csv(run_dir: Path | None, row: dict[str, float]) -> None:
     path = run_dir / "metrics.csv"
     new = not path.is_file()
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -280,8 +280,15 @@ def _write_csv(run_dir: Path | None, rows: list[dict[str, float]]) -> None:
     if not rows:
         (run_dir / "metrics.csv").unlink(missing_ok=True)
         return
+    write_rows_csv(run_dir / "metrics.csv", rows, fields=_CSV_FIELDS)
+
+
+def write_rows_csv(path: Path, rows: Sequence[Mapping[str, float]], *, fields: Sequence[str] | None = None) -> None:
+    """Replace ``path`` atomically by a CSV of ``rows`` (a history): columns ``fields`` (other keys left out),
+    or every key of the rows in first-seen order."""
+    columns = list(fields) if fields is not None else list(dict.fromkeys(k for row in rows for k in row))
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(run_dir / "metrics.csv", text.getvalue().encode())
+    atomic_write_text(path, text.getvalue())

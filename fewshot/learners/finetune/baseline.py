@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch
+from fewshot.backbones.freeze import frozen_names
 from fewshot.learners.base import EmbeddingLearner, Learner
-from fewshot.learners.functional import NormPolicy, eval_mode
-from fewshot.learners.inner_loop import Params, adapt, map_tasks, resolve_batched
-from fewshot.learners.protonet import prototypes
+from fewshot.learners.gradient.functional import NormPolicy, eval_mode
+from fewshot.learners.gradient.inner_loop import Params, adapt, map_tasks, resolve_batched
+from fewshot.learners.metric.protonet import prototypes
 
 __all__ = ["BackboneFineTune", "FineTune", "FrozenFineTune", "head_logits", "init_head"]
 
@@ -66,7 +67,8 @@ class FineTune(Learner):
         weight_decay: L2 penalty on the fitted parameters.
         scale: cosine-head temperature (logits are ``scale * cos``).
         finetune_backbone: ``"none"`` (frozen), ``"all"`` parameters, or ``"last"``: the parameters of
-            the last top-level child module of the backbone that has trainable parameters.
+            the backbone's last stage (``backbone.stages[-1]``; :func:`fewshot.backbones.frozen_names` with
+            ``"first_k"`` freezes the others).
         batched: for backbone fine-tuning, vmap over episodes (``True``), loop (``False``) or ``"auto"``
             (batched on CUDA only).
     """
@@ -159,12 +161,12 @@ class BackboneFineTune(FineTune):
                          finetune_backbone=finetune_backbone, backbone_lr_mult=backbone_lr_mult, batched=batched)
         if finetune_backbone == "none":
             raise ValueError("BackboneFineTune adapts the backbone: use finetune_backbone='all' or 'last'")
-        trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
-        if finetune_backbone == "last":
-            owners = [c for c, m in backbone.named_children() if any(p.requires_grad for p in m.parameters())]
-            if not owners:
-                raise ValueError("finetune_backbone='last' needs a backbone with a child module holding parameters")
-            trainable = [n for n in trainable if n.startswith(owners[-1] + ".")]
+        stages = getattr(backbone, "stages", None)
+        if finetune_backbone == "last" and not stages:
+            raise ValueError("finetune_backbone='last' needs a backbone with a `stages` list (see "
+                             "fewshot.backbones.Backbone); use finetune_backbone='all'")
+        frozen = set(frozen_names(backbone, "first_k", len(stages) - 1) if finetune_backbone == "last" else ())
+        trainable = [n for n, p in backbone.named_parameters() if p.requires_grad and n not in frozen]
         self.tuned = trainable
 
     def _features(self, params: Params, x: torch.Tensor, primitives: bool) -> torch.Tensor:

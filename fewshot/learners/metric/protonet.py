@@ -80,9 +80,6 @@ class ProtoNet(EmbeddingLearner, MetaLearner):
         Returns:
             (scalar loss, (B, n_way*n_query, n_way) logits).
         """
-        b, s = batch.support_x.shape[:2]
-        q = batch.query_x.shape[1]
-        feats = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        support, query = feats[: b * s].view(b, s, -1), feats[b * s:].view(b, q, -1)
+        support, query = self.embed_episodes(batch)
         logits = self.predict_features(support, batch.support_y, query, batch.n_way)
         return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits

@@ -1,4 +1,5 @@
-"""Atomic file writes: every checkpoint, metrics file and report goes through here."""
+"""Atomic file writes: every checkpoint, metrics file, report, decoded cache, download and packed data file
+goes through here."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

@@ -8,7 +8,7 @@ autograd outside, which gives the second-order meta-gradient (Finn et al. 2017) 
 
 :func:`map_tasks` runs a per-task function either sequentially (a Python loop over tasks) or with
 :func:`torch.func.vmap` (all tasks in one set of kernels). Both paths run the same per-task code; with
-normalisation computed from primitives (:class:`~fewshot.learners.functional.NormPolicy`) they give the
+normalisation computed from primitives (:class:`~fewshot.learners.gradient.functional.NormPolicy`) they give the
 same values and meta-gradients.
 """
 

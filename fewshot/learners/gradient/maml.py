@@ -10,8 +10,8 @@ from torch import nn
 
 from episodes import EpisodeBatch
 from fewshot.learners.base import MetaLearner
-from fewshot.learners.functional import NormPolicy, eval_mode
-from fewshot.learners.inner_loop import Params, adapt, map_tasks, resolve_batched
+from fewshot.learners.gradient.functional import NormPolicy, eval_mode
+from fewshot.learners.gradient.inner_loop import Params, adapt, map_tasks, resolve_batched
 
 __all__ = ["MAML"]
 
@@ -32,7 +32,7 @@ class MAML(MetaLearner):
       (a tensor shaped like each adapted parameter, initialised to ``inner_lr``), meta-trained with the rest.
 
     Batch norm (``bn_mode``): the backbone always runs in eval mode inside the inner loop, and
-    :class:`~fewshot.learners.functional.NormPolicy` computes every batch norm from the statistics of the
+    :class:`~fewshot.learners.gradient.functional.NormPolicy` computes every batch norm from the statistics of the
     current task, so running statistics are never read or updated (no leakage between tasks, and
     :meth:`predict` leaves every buffer untouched):
 
@@ -82,6 +82,11 @@ class MAML(MetaLearner):
         if learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
                 [nn.Parameter(torch.full_like(dict(self.named_parameters())[n], inner_lr)) for n in self.adapted])
+
+    @property
+    def transductive(self) -> bool:  # type: ignore[override]
+        """With ``bn_mode="transductive"`` the query is normalised with its own batch statistics."""
+        return self.bn_mode == "transductive"
 
     # ----------------------------------------------------------------- functional pieces
     def _params(self, *, detach: bool) -> Params:

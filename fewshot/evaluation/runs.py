@@ -1,0 +1,92 @@
+"""Results of runs on disk: one run's result files, many runs' results merged into one table, and the checks
+before a trained run is re-tested on other data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from episodes import FewShotDataset
+from episodes.files import atomic_write_text
+from fewshot.evaluation.harness import EvaluationResult
+from fewshot.evaluation.report import markdown_table, plot_accuracy_vs_shots, read_json, write_csv, write_json
+
+__all__ = ["check_test_set", "gather_results", "run_label", "write_results"]
+
+log = logging.getLogger(__name__)
+
+
+def write_results(out_dir: Path, results: list[EvaluationResult], provenance: dict[str, Any]) -> None:
+    """``results.json`` (with ``provenance``), ``results.csv``, ``results.md`` (starting with the data trained on
+    and tested on) and ``accuracy_vs_shots.png`` in ``out_dir``."""
+    write_json(out_dir / "results.json", results, provenance=provenance)
+    write_csv(out_dir / "results.csv", results)
+    pairs = dict.fromkeys((r.train_dataset or "?", r.test_dataset) for r in results)
+    lines = "".join(f"- trained on `{train}`, tested on `{test}`\n" for train, test in pairs)
+    atomic_write_text(out_dir / "results.md", f"{lines}\n{markdown_table(results)}")
+    plot_accuracy_vs_shots(out_dir / "accuracy_vs_shots.png", results)
+
+
+def run_label(results_file: Path, root: Path) -> str:
+    """The command-line overrides of the run that wrote ``results_file`` (its ``.hydra/overrides.yaml``, Hydra
+    keys left out), else its folder relative to ``root``."""
+    overrides = results_file.parent / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        listed = yaml.safe_load(overrides.read_text(encoding="utf-8")) or []
+        kept = [str(o) for o in listed if not str(o).startswith("hydra.")]
+        if kept:
+            return ",".join(kept)
+    return str(results_file.parent.relative_to(root))
+
+
+def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None = None) -> list[EvaluationResult]:
+    """Every ``results.json`` under ``root`` (a multirun folder, a run, or any folder of runs), in path order.
+
+    Re-tests written by ``fewshot-eval`` (under ``eval/``) are left out unless ``include_eval``; results under
+    ``skip`` (e.g. the report's own output folder) always are. Where two runs report the same method name in the
+    same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
+    so one table holds them all.
+    """
+    files = sorted(p for p in root.rglob("results.json")
+                   if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
+                   and (skip is None or skip not in p.parents))
+    if not files:
+        raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
+                                "fewshot-train wrote>")
+    loaded = [(path, read_json(path)[0]) for path in files]
+    seen: dict[tuple[str, str, str], int] = {}
+    for _, results in loaded:
+        for result in results:
+            for learner in result.learners:
+                key = (learner.name, result.test_dataset, result.spec.setting)
+                seen[key] = seen.get(key, 0) + 1
+    merged = []
+    for path, results in loaded:
+        for result in results:
+            def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
+                clash = seen[name, result.test_dataset, result.spec.setting] > 1
+                return f"{name} [{run_label(path, root)}]" if clash else name
+            learners = tuple(dataclasses.replace(r, name=rename(r.name)) for r in result.learners)
+            comparisons = tuple(dataclasses.replace(c, learner_a=rename(c.learner_a), learner_b=rename(c.learner_b))
+                                for c in result.comparisons)
+            merged.append(dataclasses.replace(result, learners=learners, comparisons=comparisons))
+    return merged
+
+
+def check_test_set(test_set: FewShotDataset, *, channels: int, image_size: int,
+                   train_set: FewShotDataset | None = None) -> None:
+    """Refuse a test set whose images do not fit a model trained on ``channels``-channel ``image_size`` px
+    images (``ValueError`` saying which keys to set); warn when some test classes were training classes."""
+    got = (int(test_set.images.shape[1]), int(test_set.images.shape[-1]))
+    if got != (channels, image_size):
+        raise ValueError(f"the run was trained on {channels}-channel {image_size}px images but {test_set.name} has "
+                         f"{got[0]}-channel {got[1]}px images; set test_dataset.channels={channels} "
+                         f"test_dataset.loader.image_size={image_size}")
+    shared = set(train_set.class_names) & set(test_set.class_names) if train_set is not None else set()
+    if shared:
+        log.warning("%d of the %d test classes of %s were also training classes of this run (e.g. %s): the numbers "
+                    "are not a test on unseen classes", len(shared), test_set.num_classes, test_set.name, min(shared))

@@ -1,0 +1,183 @@
+"""The Backbone contract, checked on every backbone YAML option and on timm/torchvision models.
+
+For each backbone: it is a ``Backbone``; ``forward_features`` gives 4-D maps of the declared
+``feature_map_shape``; ``pool(maps)`` is ``forward(x)`` exactly (eval and training mode);
+vectors are (N, feature_dim); ``stages`` name parameter-holding submodules in the order the
+forward runs them; ``spec`` matches the config; in eval mode an image's vector does not depend
+on the other images of its batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from torch import nn
+
+from fewshot.backbones import Backbone, NoFeatureMapsError, create_backbone
+from fewshot.backbones.spec import as_size
+
+BACKBONE_CONFIGS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "backbone"
+BATCH = 3
+
+
+def _from_yaml(option: str) -> Callable[[], tuple[Backbone, tuple[int, int]]]:
+    """Compose ``train`` with ``backbone=<option>`` (default dataset: Omniglot, 1x28x28), check the
+    spec against the composed keys, and test at the spec's input size."""
+    def build() -> tuple[Backbone, tuple[int, int]]:
+        with initialize_config_module("fewshot.configs", version_base="1.3"):
+            cfg = compose("train", overrides=[f"backbone={option}"])
+        torch.manual_seed(0)
+        backbone = instantiate(cfg.backbone)
+        assert backbone.spec.in_channels == cfg.backbone.in_channels
+        assert backbone.spec.input_size == as_size(cfg.backbone.input_size)
+        return backbone, backbone.spec.input_size
+    return build
+
+
+def _from_library(name: str, module: str) -> Callable[[], tuple[Backbone, tuple[int, int]]]:
+    """A timm/torchvision model at 64x64 (any size works for these CNNs); skips without the library."""
+    def build() -> tuple[Backbone, tuple[int, int]]:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError
+            pytest.skip(f"{module} does not import here ({type(err).__name__}: {err})")
+        torch.manual_seed(0)
+        backbone = create_backbone(name)
+        assert backbone.spec.in_channels == 3
+        return backbone, (64, 64)
+    return build
+
+
+CASES = {f"yaml:{p.stem}": _from_yaml(p.stem) for p in sorted(BACKBONE_CONFIGS.glob("*.yaml"))} | {
+    "timm:resnet18": _from_library("timm:resnet18", "timm"),
+    "timm:mobilenetv3_small_100": _from_library("timm:mobilenetv3_small_100", "timm"),  # head after pooling
+    "timm:mambaout_femto": _from_library("timm:mambaout_femto", "timm"),  # NHWC forward_features
+    "torchvision:resnet18": _from_library("torchvision:resnet18", "torchvision"),
+    "torchvision:mobilenet_v3_small": _from_library("torchvision:mobilenet_v3_small", "torchvision"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request: pytest.FixtureRequest) -> tuple[Backbone, torch.Tensor]:
+    """(backbone, (BATCH, in_channels, H, W) images)."""
+    backbone, (height, width) = CASES[request.param]()
+    generator = torch.Generator().manual_seed(1)
+    return backbone, torch.randn(BATCH, backbone.spec.in_channels, height, width, generator=generator)
+
+
+def test_every_backbone_yaml_is_a_case() -> None:
+    assert sum(name.startswith("yaml:") for name in CASES) == len(list(BACKBONE_CONFIGS.glob("*.yaml"))) >= 4
+
+
+def test_maps_have_the_declared_shape_and_pool_to_the_vectors(case: tuple[Backbone, torch.Tensor]) -> None:
+    backbone, x = case
+    assert isinstance(backbone, Backbone) and backbone.has_feature_maps
+    backbone.eval()
+    with torch.no_grad():
+        maps = backbone.forward_features(x)
+        vectors = backbone(x)
+        assert maps.dim() == 4
+        assert tuple(maps.shape) == (BATCH, *backbone.feature_map_shape(tuple(x.shape[-2:])))
+        assert vectors.shape == (BATCH, backbone.feature_dim)
+        assert torch.equal(backbone.pool(maps), vectors)
+
+
+def test_pool_of_maps_is_forward_in_training_mode(case: tuple[Backbone, torch.Tensor]) -> None:
+    backbone, x = case
+    backbone.train()
+    with torch.no_grad():  # the same seed, so dropout / DropBlock draw the same masks
+        torch.manual_seed(2)
+        vectors = backbone(x)
+        torch.manual_seed(2)
+        assert torch.equal(backbone.pool(backbone.forward_features(x)), vectors)
+
+
+def test_stages_are_parameter_holding_submodules_in_forward_order(case: tuple[Backbone, torch.Tensor]) -> None:
+    backbone, x = case
+    assert backbone.stages and len(set(backbone.stages)) == len(backbone.stages)
+    called: list[str] = []
+    handles = []
+    for name in backbone.stages:
+        module = backbone.get_submodule(name)
+        assert isinstance(module, nn.Module) and any(True for _ in module.parameters()), name
+        handles.append(module.register_forward_pre_hook(lambda _m, _a, name=name: called.append(name)))
+    try:
+        with torch.no_grad():
+            backbone.eval()(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(dict.fromkeys(called)) == backbone.stages
+
+
+def test_eval_vectors_do_not_depend_on_the_rest_of_the_batch(case: tuple[Backbone, torch.Tensor]) -> None:
+    backbone, x = case
+    others = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    others[0] = x[0]
+    backbone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(others)[0], backbone(x)[0])
+        torch.testing.assert_close(backbone(x[:1])[0], backbone(x)[0])
+
+
+class _Tokens(Backbone):
+    """A stand-in for a token model (a ViT): vectors, no maps."""
+
+    has_feature_maps = False
+    _no_maps_reason = "its features are (N, tokens, D)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+        self.feature_dim, self.stages = 2, ["proj"]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.require_feature_maps("forward_features")
+        raise AssertionError("unreachable")
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        self.require_feature_maps("pool")
+        raise AssertionError("unreachable")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+def test_a_backbone_without_maps_says_so() -> None:
+    backbone = _Tokens()
+    for call in (lambda: backbone.forward_features(torch.zeros(1, 4, 8, 8)), backbone.feature_map_shape,
+                 lambda: backbone.require_feature_maps("RelationNet")):
+        with pytest.raises(NoFeatureMapsError, match=r"gives none \(its features are \(N, tokens, D\)\).*conv4"):
+            call()
+    assert backbone(torch.zeros(1, 4, 8, 8)).shape == (1, 2)
+    with pytest.raises(TypeError, match="abstract"):
+        type("Incomplete", (Backbone,), {})()
+
+
+def test_timm_token_model_has_no_maps() -> None:
+    try:
+        importlib.import_module("timm")
+    except Exception as err:
+        pytest.skip(f"timm does not import here ({type(err).__name__}: {err})")
+    backbone = create_backbone("timm:vit_tiny_patch16_224").eval()
+    assert not backbone.has_feature_maps
+    with pytest.raises(NoFeatureMapsError, match="tokens"):
+        backbone.forward_features(torch.zeros(1, 3, 224, 224))
+    with torch.no_grad():
+        assert backbone(torch.zeros(1, 3, 224, 224)).shape == (1, backbone.feature_dim)
+
+
+def test_feature_map_shape_changes_no_state() -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet12", widths=(4, 4, 4, 8), drop_rate=0.1).train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    assert backbone.feature_map_shape(84) == (8, 5, 5)
+    assert backbone.feature_map_shape((32, 48)) == (8, 2, 3)
+    assert backbone.training
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
