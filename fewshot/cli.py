@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from episodes import FewShotDataset
-from fewshot.backbones import load_pretrained, save_backbone
+from fewshot.backbones import load_pretrained, normalise_for, save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
     check_test_set,
@@ -60,13 +60,17 @@ def _load(data: DictConfig, role: str) -> FewShotDataset | None:
     return None if split is None else hydra.utils.instantiate(data.loader, split=split)
 
 
-def _build_learner(cfg: DictConfig, device: torch.device) -> Learner:
+def _build_learner(cfg: DictConfig, device: torch.device, *datasets: FewShotDataset | None,
+                   ) -> tuple[Learner, list[FewShotDataset | None]]:
+    """The seeded learner of ``cfg``, and ``datasets`` fed the way its backbone's loaded weights (if any) were
+    trained (their ``spec``: normalisation, channels, size)."""
     torch.manual_seed(cfg.seed)  # the initial weights are part of the seeded run
     backbone = hydra.utils.instantiate(cfg.backbone)
     if cfg.backbone_weights is not None:
         log.info("backbone weights: %s", load_pretrained(backbone, Path(hydra.utils.to_absolute_path(
             cfg.backbone_weights))))
-    return hydra.utils.instantiate(cfg.learner, backbone=backbone).to(device)
+        datasets = tuple(None if d is None else normalise_for(d, backbone.spec) for d in datasets)
+    return hydra.utils.instantiate(cfg.learner, backbone=backbone).to(device), list(datasets)
 
 
 def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, device: torch.device,
@@ -126,7 +130,7 @@ def _train(cfg: DictConfig, trainer: Trainer, ctx: DistributedContext | None) ->
     train_set, val_set, test_set = (_load(cfg.dataset, role) for role in ("train", "val", "test"))
     if train_set is None or test_set is None:
         raise ValueError("dataset.splits.train and dataset.splits.test must name class splits")
-    learner = _build_learner(cfg, run.device)
+    learner, (train_set, val_set, test_set) = _build_learner(cfg, run.device, train_set, val_set, test_set)
     ep = cfg.episode
     data = TrainingData(train=train_set, train_episode=EpisodeShape(ep.train_n_way, ep.train_n_shot, ep.train_n_query),
                         val=val_set, val_episode=EpisodeShape(ep.n_way, ep.n_shot, ep.n_query),
@@ -160,13 +164,13 @@ def evaluate_run(cfg: DictConfig) -> None:
         ckpt = run / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run} has no checkpoints/last.ckpt: the training run did not finish; rerun it")
-    learner = _build_learner(train_cfg, device)
-    load_state_exactly(learner, load_checkpoint(ckpt)["learner"], source=ckpt,
-                       hint=f"the learner is built from {run}/config.yaml: pass the run directory that wrote it")
     test_set = _load(cfg.get("test_dataset") or train_cfg.dataset, "test")
     if test_set is None:
         raise ValueError("test_dataset.splits.test is null: name the class split to test on")
     train_set = _load(train_cfg.dataset, "train")
+    learner, (test_set,) = _build_learner(train_cfg, device, test_set)
+    load_state_exactly(learner, load_checkpoint(ckpt)["learner"], source=ckpt,
+                       hint=f"the learner is built from {run}/config.yaml: pass the run directory that wrote it")
     check_test_set(test_set, channels=int(train_cfg.dataset.channels),
                    image_size=int(train_cfg.dataset.loader.image_size), train_set=train_set)
     out_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from episodes import EpisodeSampler, FewShotDataset
 from fewshot.learners import Learner, MetaLearner, OuterOptimizer
+from fewshot.training import EpisodicTrainer, PretrainThenEpisodic, SupervisedPretrainer
 from fewshot.training.meta_train import TrainSettings
 from fewshot.training.pretrain import pretrain_backbone
 
@@ -25,7 +26,19 @@ CONFIGS = Path(__file__).resolve().parent.parent / "fewshot" / "configs"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    """The user-facing options of a config group, read from its folder: bases (a subfolder such as
+    experiment/base/, or a file named _*.yaml) are inherited through `defaults`, not chosen."""
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def experiment_bases() -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / "experiment" / "base").glob("*.yaml"))
+
+
+def own_defaults(path: Path) -> list[str]:
+    """The entries of a YAML file's own `defaults` list, as written (``override /group: option`` as such)."""
+    entries = OmegaConf.load(path).get("defaults", [])
+    return [e if isinstance(e, str) else " ".join(f"{k}: {v}" for k, v in e.items()) for e in entries]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,13 +71,19 @@ def mini_imagenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def data_overrides(option: str, image_folder: Path, mini_imagenet: Path, key: str = "dataset") -> list[str]:
-    """Point the datasets without embedded data at the small synthetic copies in the real formats."""
-    if option == "folder":
+IMAGE_FOLDER_LOADER = "episodes.datasets.load_image_folder"
+MINI_IMAGENET_LOADER = "episodes.datasets.load_mini_imagenet"
+
+
+def data_overrides(loader: DictConfig, image_folder: Path, mini_imagenet: Path, key: str = "dataset") -> list[str]:
+    """Point a loader without embedded data (root: ???) at the small synthetic copy in its real format."""
+    if not OmegaConf.is_missing(loader, "root"):
+        return []
+    if loader._target_ == IMAGE_FOLDER_LOADER:
         return [f"{key}.loader.root={image_folder}", f"{key}.loader.image_size=12"]
-    if option == "mini_imagenet":
+    if loader._target_ == MINI_IMAGENET_LOADER:
         return [f"{key}.loader.root={mini_imagenet}"]
-    return []
+    pytest.fail(f"{loader._target_} needs files (root: ???) and this test has no synthetic copy in its format: add one")
 
 
 def train_config(*overrides: str) -> DictConfig:
@@ -73,7 +92,8 @@ def train_config(*overrides: str) -> DictConfig:
 
 @pytest.mark.parametrize("option", options("dataset"))
 def test_every_dataset_instantiates_all_its_splits(option: str, image_folder: Path, mini_imagenet: Path) -> None:
-    cfg = train_config(f"dataset={option}", *data_overrides(option, image_folder, mini_imagenet))
+    loader = train_config(f"dataset={option}").dataset.loader
+    cfg = train_config(f"dataset={option}", *data_overrides(loader, image_folder, mini_imagenet))
     for role in ("train", "val", "test"):
         split = cfg.dataset.splits[role]
         if split is None:
@@ -87,11 +107,12 @@ def test_every_dataset_instantiates_all_its_splits(option: str, image_folder: Pa
 
 @pytest.mark.parametrize("option", options("test_dataset"))
 def test_every_test_dataset_instantiates(option: str, image_folder: Path, mini_imagenet: Path) -> None:
+    loader = compose("eval", overrides=["run=/nowhere", f"test_dataset={option}"]).test_dataset.loader
     cfg = compose("eval", overrides=["run=/nowhere", f"test_dataset={option}",
-                                     *data_overrides(option, image_folder, mini_imagenet, key="test_dataset")])
+                                     *data_overrides(loader, image_folder, mini_imagenet, key="test_dataset")])
     data = instantiate(cfg.test_dataset.loader, split=cfg.test_dataset.splits.test)
     assert data.images.shape[1] == cfg.test_dataset.channels
-    if option == "folder":  # a user's folder is tested on every one of its classes
+    if "fractions" in loader and list(loader.fractions) == ["test"]:  # a user's folder, tested on all its classes
         assert data.num_classes == 10
 
 
@@ -115,14 +136,17 @@ def test_every_backbone_instantiates_and_embeds(option: str) -> None:
     with torch.no_grad():
         features = backbone.eval()(torch.zeros(2, channels, *size))
     assert features.shape == (2, backbone.feature_dim)
-    if option == "conv4_84":
-        assert (channels, size) == (3, (84, 84))
+    # The input the backbone is built for is the one its config names (a fixed one, e.g. conv4_84's 3x84x84,
+    # or the dataset's channels and image size).
+    expected = OmegaConf.to_container(cfg.backbone, resolve=True)
+    assert channels == expected["in_channels"]
+    assert tuple(size) == (expected["input_size"],) * 2
 
 
 @pytest.mark.parametrize("option", options("learner"))
 def test_every_learner_instantiates_on_its_backbone_and_predicts(option: str) -> None:
-    cfg = train_config(f"learner={option}", "backbone.hidden=8", "learner.steps=2"
-                       if option in ("finetune", "baselinepp") else "episode=5w1s")
+    short = ["learner.steps=2"] if "steps" in train_config(f"learner={option}").learner else []  # fitted heads
+    cfg = train_config(f"learner={option}", "backbone.hidden=8", "episode=5w1s", *short)
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.backbone))
     assert isinstance(learner, Learner)
     data = FewShotDataset.from_tensors(torch.randint(0, 256, (5 * 3, 1, 28, 28), dtype=torch.uint8),
@@ -133,16 +157,22 @@ def test_every_learner_instantiates_on_its_backbone_and_predicts(option: str) ->
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_every_trainer_builds_its_settings(option: str) -> None:
-    trainer = train_config(f"trainer={option}").trainer
-    values = OmegaConf.to_container(trainer, resolve=True)
-    if trainer.kind == "meta":
-        assert isinstance(instantiate(trainer.optimizer), OuterOptimizer)
-        settings = {k: v for k, v in values.items() if k not in ("kind", "optimizer", "val_episodes", "distributed")}
-        assert TrainSettings(**settings).steps == trainer.steps
-    else:
-        assert trainer.kind == "supervised"
-        keywords = {k: v for k, v in values.items() if k != "kind"}
-        inspect.signature(pretrain_backbone).bind(None, None, seed=0, **keywords)  # every key is a real keyword
+    cfg = train_config(f"trainer={option}").trainer
+    trainer = instantiate(cfg, _convert_="all")
+    assert callable(trainer.fit) and trainer.distributed is False  # the Trainer protocol
+    stages = {"pretrain": trainer.pretrain, "episodic": trainer.episodic} if isinstance(
+        trainer, PretrainThenEpisodic) else {"": trainer}
+    for key, stage in stages.items():
+        values = OmegaConf.to_container(cfg[key] if key else cfg, resolve=True)
+        if isinstance(stage, EpisodicTrainer):
+            assert isinstance(stage.optimizer, OuterOptimizer)
+            assert stage.settings == TrainSettings(**{k: values[k] for k in ("steps", "meta_batch", "val_every",
+                                                                           "checkpoint_every", "log_every")})
+        else:
+            assert isinstance(stage, SupervisedPretrainer)
+            keywords = {k: v for k, v in values.items() if k not in ("_target_", "distributed")}
+            inspect.signature(pretrain_backbone).bind(None, None, seed=0, **keywords)  # every key is a real keyword
+            assert stage.keywords["epochs"] == values["epochs"]
 
 
 def test_evaluation_settings_follow_the_episode() -> None:
@@ -158,13 +188,43 @@ def test_every_experiment_composes_and_builds_its_learner(option: str) -> None:
     cfg = train_config(f"experiment={option}")
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.backbone))
     assert isinstance(learner, Learner)
-    assert (cfg.trainer.kind == "meta") == isinstance(learner, MetaLearner)
-    if option != "omniglot_quick":  # the paper rows: test protocol of at least 600 fixed episodes, a citation
-        assert cfg.evaluation.episodes >= 600
-        assert "20" in text.split("\n")[1]  # the year of the citation
-        assert "%" in text or "(published: none)" in text  # the published number, or a statement that none exists
+    trainer = instantiate(cfg.trainer, _convert_="all")
+    assert isinstance(trainer, EpisodicTrainer | PretrainThenEpisodic) == isinstance(learner, MetaLearner)
+    # A test protocol of at least 600 fixed episodes; a citation; the published number, or a statement that none
+    # exists (the README's short job, omniglot_quick, cites the recipe it shortens and says it has none).
+    assert cfg.evaluation.episodes >= 600
+    assert "20" in text.split("\n")[1]  # the year of the citation
+    assert "%" in text or "(published: none)" in text
     if isinstance(learner, MetaLearner) and hasattr(learner, "n_way"):
         assert cfg.episode.train_n_way == cfg.episode.n_way  # a MAML head is built for one number of ways
+
+
+@pytest.mark.parametrize("base", experiment_bases())
+def test_every_experiment_base_is_global_and_inherited(base: str) -> None:
+    """A base holds what a method family's rows share; it is not an option (options() skips it), and is used."""
+    assert (CONFIGS / "experiment" / "base" / f"{base}.yaml").read_text().startswith("# @package _global_")
+    users = [o for o in options("experiment") if f"base/{base}" in own_defaults(CONFIGS / "experiment" / f"{o}.yaml")]
+    assert users, f"experiment/base/{base}.yaml is inherited by no experiment"
+    assert base not in options("experiment")
+
+
+def test_experiment_options_exclude_the_bases() -> None:
+    assert options("experiment") and not set(options("experiment")) & {f"base/{b}" for b in experiment_bases()}
+    assert all(not o.startswith("_") for o in options("experiment"))
+
+
+@pytest.mark.parametrize("option", [o for o in options("learner")
+                                    if [d for d in own_defaults(CONFIGS / "learner" / f"{o}.yaml") if d != "_self_"]])
+def test_learner_variants_are_their_base_plus_their_own_keys(option: str) -> None:
+    """A variant (e.g. fomaml: `defaults: [maml, _self_]`, first_order: true) composes to its base with its own
+    keys set on top, and each of its own keys changes something (no restated copy of the base)."""
+    raw = OmegaConf.load(CONFIGS / "learner" / f"{option}.yaml")
+    (base,) = [d for d in own_defaults(CONFIGS / "learner" / f"{option}.yaml") if d != "_self_"]
+    assert base in options("learner")
+    parent = train_config(f"learner={base}").learner
+    own = {k: v for k, v in raw.items() if k != "defaults"}
+    assert own and all(k in parent and parent[k] != v for k, v in own.items())
+    assert train_config(f"learner={option}").learner == OmegaConf.merge(parent, own)
 
 
 def test_paper_rows_state_their_settings() -> None:
@@ -187,7 +247,7 @@ def test_an_unknown_key_or_option_fails_to_compose(override: str) -> None:
 
 
 @pytest.mark.parametrize(("group", "key"), [("learner", "distnace"), ("backbone", "hiden"),
-                                             ("trainer.optimizer", "learning_rate")])
+                                             ("trainer.optimizer", "learning_rate"), ("trainer", "warmup")])
 def test_typed_constructors_reject_an_added_unknown_key(group: str, key: str) -> None:
     cfg = train_config(f"+{group}.{key}=1")
     target = OmegaConf.select(cfg, group)
@@ -200,7 +260,7 @@ def test_typed_constructors_reject_an_added_unknown_key(group: str, key: str) ->
 
 def test_other_apps_compose() -> None:
     assert compose("eval", overrides=["run=/a/run"]).checkpoint == "best"
-    assert compose("pretrain").trainer.kind == "supervised"
+    assert compose("pretrain").trainer._target_ == "fewshot.training.SupervisedPretrainer"
     assert compose("report", overrides=["dir=/a/sweep"]).include_eval is False
     with pytest.raises(ConfigCompositionException):
         compose("eval", overrides=["run=/a/run", "test_dataset=nowhere"])

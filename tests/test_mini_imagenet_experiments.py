@@ -1,7 +1,8 @@
 """Every Mini-ImageNet paper setting runs end to end through the real CLI, on synthetic pixels in a real format.
 
-No Mini-ImageNet pixels exist here, so each method's experiment file (ProtoNet, MAML, Baseline,
-Baseline++, RFS) is trained for a step or an epoch on random images written as learn2learn's
+No Mini-ImageNet pixels exist here, so every experiment file whose dataset is Mini-ImageNet (found by
+composing each file of configs/experiment/: ProtoNet, MAML, Baseline, Baseline++, RFS, ...) is trained for a
+step or an epoch on random images written as learn2learn's
 ``mini-imagenet-cache-{split}.pkl`` with the Ravi & Larochelle class counts (64/16/20), then tested.
 What this checks is the wiring of each file (data, backbone, learner, trainer, validation, test),
 not the accuracy.
@@ -15,22 +16,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import fewshot
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+from test_cli import REPO, fewshot
 
 PER_CLASS = 21  # enough for ProtoNet's 1 + 15 training images and Baseline++'s 5 + 16 test images per class
 
-# Overrides that shorten each run; everything else is the experiment file as a user runs it.
-SHORT_META = ["trainer.steps=2", "trainer.val_every=2", "trainer.val_episodes=2", "trainer.checkpoint_every=1",
-              "trainer.log_every=1", "evaluation.episodes=2"]
-SHORT_PRETRAIN = ["trainer.epochs=1", "evaluation.episodes=2"]
-RUNS = {
-    "protonet_mini_imagenet_5w1s": SHORT_META,
-    "maml_mini_imagenet_5w5s": [*SHORT_META, "trainer.steps=1", "trainer.val_every=1"],
-    "baseline_mini_imagenet_5w1s": SHORT_PRETRAIN,
-    "baselinepp_mini_imagenet_5w5s": SHORT_PRETRAIN,
-    # ResNet12 on 1280 84x84 images takes minutes on 2 CPU cores; 32x32 keeps the wiring check short.
-    "rfs_mini_imagenet_5w1s": [*SHORT_PRETRAIN, "dataset.loader.image_size=32"],
-}
+EXPERIMENTS = REPO / "fewshot" / "configs" / "experiment"
+
+
+def short_run(cfg: DictConfig) -> list[str]:
+    """Overrides that shorten the run of a composed experiment, read from its trainer, learner and backbone;
+    everything else is the experiment file as a user runs it."""
+    short = ["evaluation.episodes=2"]
+    if "steps" in cfg.trainer:  # episodic training: validate and checkpoint within the few steps
+        one_step = "inner_steps" in cfg.learner  # second-order inner loops (MAML family): one step is enough
+        steps = 1 if one_step else 2
+        short += [f"trainer.steps={steps}", f"trainer.val_every={steps}", "trainer.val_episodes=2",
+                  "trainer.checkpoint_every=1", "trainer.log_every=1"]
+    if "epochs" in cfg.trainer:  # supervised pretraining: one epoch
+        short.append("trainer.epochs=1")
+    if OmegaConf.is_interpolation(cfg.backbone, "input_size"):
+        # A backbone built for the dataset's image size (ResNet12 on 1280 84x84 images takes minutes on 2 CPU
+        # cores): 32x32 keeps the wiring check short. A backbone with a fixed input (conv4_84) keeps 84x84.
+        short.append("dataset.loader.image_size=32")
+    return short
+
+
+def mini_imagenet_runs() -> dict[str, list[str]]:
+    """Every experiment file whose composed dataset is Mini-ImageNet, with the overrides that shorten it."""
+    runs = {}
+    with initialize_config_module("fewshot.configs", version_base="1.3"):
+        for path in sorted(EXPERIMENTS.glob("*.yaml")):  # bases (experiment/base/) are not experiments
+            cfg = compose("train", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+            if cfg.hydra.runtime.choices.dataset == "mini_imagenet":
+                runs[path.stem] = short_run(cfg)
+    return runs
+
+
+RUNS = mini_imagenet_runs()
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +68,10 @@ def mini_imagenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                for c in range(classes)}}
         (root / f"mini-imagenet-cache-{split}.pkl").write_bytes(pickle.dumps(data))
     return root
+
+
+def test_discovery_finds_every_mini_imagenet_file() -> None:
+    assert RUNS and set(RUNS) == {p.stem for p in EXPERIMENTS.glob("*mini_imagenet*.yaml")}
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from fewshot.backbones.interop import TimmBackbone, TorchvisionBackbone
 from fewshot.backbones.registry import create_backbone, list_backbones
 from fewshot.backbones.resnet import ResNet, ResNet18, ResNet50
 from fewshot.backbones.resnet12 import DropBlock, ResNet12
-from fewshot.backbones.spec import BackboneSpec
+from fewshot.backbones.spec import BackboneSpec, normalise_for
 from fewshot.backbones.weights import LoadReport, load_backbone, load_pretrained, save_backbone
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "load_pretrained",
+    "normalise_for",
     "save_backbone",
 ]

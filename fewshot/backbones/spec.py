@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from episodes import FewShotDataset
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -53,3 +55,19 @@ def as_size(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if len(size) != 2:
         raise ValueError(f"input_size must be an int or (H, W), got {input_size!r}")
     return size  # type: ignore[return-value]
+
+
+def normalise_for(dataset: FewShotDataset, spec: BackboneSpec) -> FewShotDataset:
+    """``dataset`` fed the way the weights of a backbone with ``spec`` were trained: its ``to_float`` uses
+    ``spec.mean``/``spec.std`` (one value per channel).
+
+    Raises:
+        ValueError: the images have another channel count or size than ``spec`` says (the message names the
+            dataset keys to set).
+    """
+    channels, size = int(dataset.images.shape[1]), tuple(int(s) for s in dataset.images.shape[-2:])
+    if channels != spec.in_channels or size != spec.input_size:
+        raise ValueError(f"the backbone's weights were trained on {spec.in_channels}-channel {spec.input_size} images "
+                         f"but {dataset.name} has {channels}-channel {size} images; set dataset.channels="
+                         f"{spec.in_channels} dataset.loader.image_size={spec.input_size[0]}")
+    return replace(dataset, mean=tuple(spec.mean), std=tuple(spec.std))

@@ -181,7 +181,9 @@ def _best_prefix(state: dict[str, torch.Tensor],
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
                     in_channels_adapt: bool = True) -> LoadReport:
-    """Load a checkpoint into ``model`` in place.
+    """Load a checkpoint into ``model`` in place; a file written by :func:`save_backbone` also sets
+    ``model.spec`` to the input its weights were trained on (feed the data with
+    :func:`fewshot.backbones.spec.normalise_for`).
 
     Keys are matched after stripping ``module.``, ``backbone.``, ``encoder.`` and ``model.``
     prefixes (in any nesting) and dropping classifier heads (``fc.*``, ``classifier.*``, ...).
@@ -233,7 +235,15 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
                                        "configuration to match the file, or pass strict=False to load what fits")
         logger.warning("partial load into %s:\n%s", type(model).__name__, report)
     model.load_state_dict(loaded, strict=False)
+    if _META_SPEC in metadata and isinstance(getattr(model, "spec", None), BackboneSpec):
+        model.spec = _spec_from_metadata(metadata)  # the input the loaded weights were trained on
     return report
+
+
+def _spec_from_metadata(metadata: Mapping[str, str]) -> BackboneSpec:
+    fields = json.loads(metadata[_META_SPEC])
+    return BackboneSpec(input_size=tuple(fields["input_size"]), in_channels=int(fields["in_channels"]),
+                        mean=tuple(fields["mean"]), std=tuple(fields["std"]))
 
 
 def save_backbone(model: nn.Module, path: str | os.PathLike[str], *, name: str,
@@ -285,9 +295,5 @@ def load_backbone(path: str | os.PathLike[str]) -> nn.Module:
         raise ValueError(f"{path} has no fewshot backbone metadata (not written by save_backbone); build the "
                          "model with create_backbone(...) and load it with load_pretrained")
     model = create_backbone(metadata[_META_NAME], **json.loads(metadata.get(_META_KWARGS, "{}")))
-    load_pretrained(model, path, strict=True, in_channels_adapt=False)
-    if _META_SPEC in metadata:
-        fields = json.loads(metadata[_META_SPEC])
-        model.spec = BackboneSpec(input_size=tuple(fields["input_size"]), in_channels=int(fields["in_channels"]),
-                                  mean=tuple(fields["mean"]), std=tuple(fields["std"]))
+    load_pretrained(model, path, strict=True, in_channels_adapt=False)  # sets model.spec from the metadata
     return model
