@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from episodes import EpisodeBatch
+from episodes import EpisodeBatch, FewShotDataset
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ class Learner(nn.Module, abc.ABC):
     """
 
     transductive: bool = False
+
+    def fit_base_classes(self, dataset: FewShotDataset) -> None:
+        """Called by the supervised trainers once the backbone is trained (or its weights loaded), with the
+        training classes: a learner that keeps statistics of the base classes (e.g. SimpleShot's mean feature
+        for centering) computes them here, into buffers saved with it. The default does nothing."""
 
     @abc.abstractmethod
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:

@@ -196,8 +196,9 @@ class SupervisedPretrainer:
     learner is tested as it is (the fine-tune learners fit a head per episode on the pretrained features).
 
     Every argument but ``distributed`` is a keyword of :func:`~fewshot.training.pretrain.pretrain_backbone`.
-    Skipped when the run's backbone weights were loaded from a file. Writes ``metrics.csv`` (one row per epoch)
-    and ``checkpoints/last.ckpt`` (the learner and the run's config).
+    Skipped when the run's backbone weights were loaded from a file. Then calls
+    :meth:`~fewshot.learners.Learner.fit_base_classes` with the training classes, and writes ``metrics.csv`` (one
+    row per epoch) and ``checkpoints/last.ckpt`` (the learner and the run's config).
     """
 
     def __init__(self, *, epochs: int, batch_size: int, lr: float, optimizer: Literal["sgd", "adam"] = "sgd",
@@ -222,6 +223,7 @@ class SupervisedPretrainer:
         """Pretrain ``learner.backbone`` (unless ``run.backbone_pretrained``), write metrics and checkpoint."""
         backbone = _backbone(learner)
         history = [] if run.backbone_pretrained else self.pretrain(backbone, data.train, run).history
+        learner.fit_base_classes(data.train)
         if run.writer and run.run_dir is not None:
             if history:
                 write_rows_csv(run.run_dir / "metrics.csv", history)
