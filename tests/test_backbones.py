@@ -243,3 +243,24 @@ def test_finetune_last_adapts_exactly_the_last_stage():
     assert learner.tuned == [n for n, _ in backbone.named_parameters() if n.startswith("block4.")]
     assert FineTune(create_backbone("resnet18", small_input=True), finetune_backbone="last").tuned[0].startswith(
         "layer4.")
+
+
+def test_a_backbone_registers_itself_by_name_and_names_are_unique():
+    from fewshot.backbones import Backbone
+    from fewshot.backbones.spec import default_spec
+
+    class Pixels(Backbone, name="test-pixels"):
+        def __init__(self, *, size: int = 4) -> None:
+            super().__init__()
+            self.feature_dim, self.stages, self.spec = size * size, [], default_spec(size, 1, imagenet=False)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def pool(self, maps: torch.Tensor) -> torch.Tensor:
+            return maps.flatten(1)
+
+    assert "test-pixels" in list_backbones()
+    assert isinstance(create_backbone("test-pixels", size=2), Pixels)
+    with pytest.raises(ValueError, match="taken"):
+        type("Other", (Backbone,), {}, name="test-pixels")

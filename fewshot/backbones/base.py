@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +46,16 @@ class Backbone(nn.Module, ABC):
     stages: list[str]
     has_feature_maps: bool = True
     _no_maps_reason: str = ""
+    #: name -> class of every subclass declared with ``class X(Backbone, name="x")``; read it through
+    #: :func:`fewshot.backbones.create_backbone`, which also imports every module of this package first.
+    registered: ClassVar[dict[str, type[Backbone]]] = {}
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in Backbone.registered and Backbone.registered[name] is not cls:
+                raise ValueError(f"backbone name {name!r} is taken by {Backbone.registered[name].__qualname__}")
+            Backbone.registered[name] = cls
 
     @abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from fewshot.backbones.base import Backbone
 from fewshot.backbones.spec import BackboneSpec, as_size, default_spec
 
 
-class Conv4(Backbone):
+class Conv4(Backbone, name="conv4"):
     """Conv4: four blocks of conv3x3(hidden, padding 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2), flattened.
 
     Vinyals et al. 2016, "Matching Networks for One Shot Learning"; used by Snell et al. 2017

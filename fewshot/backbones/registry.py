@@ -1,22 +1,20 @@
-"""A plain dict registry: ``create_backbone("conv4", hidden=32)``, ``create_backbone("timm:resnet18")``."""
+"""One factory: ``create_backbone("conv4", hidden=32)``, ``create_backbone("timm:resnet18")``.
+
+Native backbones register themselves by name where they are defined (``class Conv4(Backbone, name="conv4")``);
+the factory imports every module of :mod:`fewshot.backbones` first, so a new backbone module needs no edit here.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 
+import fewshot.backbones
 from fewshot.backbones.base import Backbone
-from fewshot.backbones.conv4 import Conv4
 from fewshot.backbones.interop import TimmBackbone, TorchvisionBackbone
-from fewshot.backbones.resnet import ResNet18, ResNet50
-from fewshot.backbones.resnet12 import ResNet12
 
-_BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "conv4": Conv4,
-    "resnet12": ResNet12,
-    "resnet18": ResNet18,
-    "resnet50": ResNet50,
-}
 # "<prefix>:<model>" names: the model name is passed to the wrapper as ``model_name``.
 _WRAPPERS: dict[str, Callable[..., Backbone]] = {
     "timm": TimmBackbone,
@@ -24,9 +22,16 @@ _WRAPPERS: dict[str, Callable[..., Backbone]] = {
 }
 
 
+def _native() -> dict[str, type[Backbone]]:
+    """Every registered backbone class by name, after importing each module of the package (once)."""
+    for module in pkgutil.iter_modules(fewshot.backbones.__path__):
+        importlib.import_module(f"fewshot.backbones.{module.name}")
+    return Backbone.registered
+
+
 def list_backbones() -> list[str]:
     """The registered names, plus the ``timm:<model>`` and ``torchvision:<model>`` patterns."""
-    return sorted(_BACKBONES) + [f"{prefix}:<model>" for prefix in sorted(_WRAPPERS)]
+    return sorted(_native()) + [f"{prefix}:<model>" for prefix in sorted(_WRAPPERS)]
 
 
 def _accepted_keywords(builder: Callable[..., Backbone]) -> list[str]:
@@ -48,7 +53,7 @@ def create_backbone(name: str, **kwargs: object) -> Backbone:
         ValueError: unknown name. TypeError: a keyword the backbone does not accept.
     """
     prefix, sep, model_name = name.partition(":")
-    builder = _WRAPPERS.get(prefix) if sep else _BACKBONES.get(name)
+    builder = _WRAPPERS.get(prefix) if sep else _native().get(name)
     if builder is None or (sep and not model_name):
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
     accepted = [k for k in _accepted_keywords(builder) if not (sep and k == "model_name")]

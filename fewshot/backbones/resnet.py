@@ -131,7 +131,7 @@ class ResNet(Backbone):
         return maps.mean(dim=(2, 3))
 
 
-class ResNet18(ResNet):
+class ResNet18(ResNet, name="resnet18"):
     """ResNet-18 (He et al. 2016): basic blocks (2, 2, 2, 2), feature_dim 512. See :class:`ResNet`."""
 
     def __init__(self, *, in_channels: int = 3, small_input: bool = False,
@@ -140,7 +140,7 @@ class ResNet18(ResNet):
                          input_size=input_size)
 
 
-class ResNet50(ResNet):
+class ResNet50(ResNet, name="resnet50"):
     """ResNet-50 (He et al. 2016): bottleneck blocks (3, 4, 6, 3), feature_dim 2048. See :class:`ResNet`."""
 
     def __init__(self, *, in_channels: int = 3, small_input: bool = False,

@@ -77,7 +77,7 @@ class ResNet12Block(nn.Module):
         return self.dropblock(self.pool(out))
 
 
-class ResNet12(Backbone):
+class ResNet12(Backbone, name="resnet12"):
     """ResNet-12: four residual blocks of widths (64, 160, 320, 640), global average pooling.
 
     Oreshkin et al. 2018, "TADAM: Task dependent adaptive metric for improved few-shot learning";

@@ -4,10 +4,10 @@ MAML-style inner loops run a plain ``nn.Module`` with :func:`torch.func.function
 possibly under :func:`torch.func.vmap`. Two things go wrong with the module's own batch norm there:
 in train mode it updates its running statistics (state leaking from task to task, and a change to
 the learner during ``predict``), and on this torch the vmapped backward of affine ``F.batch_norm`` /
-``F.layer_norm`` gives wrong meta-gradients (DESIGN.md, known traps). :class:`NormPolicy` intercepts
-those two functions while it is active and computes them from ``mean``/``var`` instead (or, outside
-vmap, with the fused kernels and the same policy), never reading or writing running statistics unless
-asked to read them (``stats="running"``).
+``F.layer_norm`` gives wrong meta-gradients (docs/ARCHITECTURE.md, "Known traps"). :class:`NormPolicy`
+intercepts those two functions while it is active and computes them from ``mean``/``var`` instead (or,
+outside vmap, with the fused kernels and the same policy), never reading or writing running statistics
+unless asked to read them (``stats="running"``).
 """
 
 from __future__ import annotations

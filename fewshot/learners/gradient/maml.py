@@ -42,9 +42,9 @@ class MAML(MetaLearner):
       a query prediction does not depend on the other query images).
 
     ``batched``: ``True`` vmaps the inner loop over the tasks of a batch (normalisation from primitives,
-    see DESIGN.md on vmap and batch norm), ``False`` loops over tasks (fused ``F.batch_norm`` where the
-    mode allows), ``"auto"`` picks batched on CUDA and sequential elsewhere. Both give the same values
-    and meta-gradients to float rounding.
+    see docs/ARCHITECTURE.md, "Known traps": vmap and batch norm), ``False`` loops over tasks (fused
+    ``F.batch_norm`` where the mode allows), ``"auto"`` picks batched on CUDA and sequential elsewhere.
+    Both give the same values and meta-gradients to float rounding.
 
     Parameters whose ``requires_grad`` is False when the learner is built are never adapted.
 
