@@ -164,10 +164,10 @@ class EmbeddingLearner(Learner):
     sample episodes over the features; results equal :meth:`predict` on the images.
     """
 
-    @abc.abstractmethod
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of images: (N, C, H, W) float -> (N, D). Must not depend on other images
-        in the call (batch norm in eval mode), so embedding once per image is exact."""
+        """Features of images: (N, C, H, W) float -> (N, D); by default ``self.backbone(x)``. Must not depend on
+        other images in the call (batch norm in eval mode), so embedding once per image is exact."""
+        return self.backbone(x)
 
     @abc.abstractmethod
     def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,

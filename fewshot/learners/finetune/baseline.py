@@ -114,10 +114,6 @@ class FrozenFineTune(FineTune, EmbeddingLearner):
     the episodes' losses are independent, so this equals fitting each episode alone.
     """
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features."""
-        return self.backbone(x)
-
     def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
                          n_way: int) -> torch.Tensor:
         """Fit one head per episode on support features, score query features.

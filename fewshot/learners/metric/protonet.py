@@ -52,10 +52,6 @@ class ProtoNet(EmbeddingLearner, MetaLearner):
         self.distance = distance
         self.temperature = temperature
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features."""
-        return self.backbone(x)
-
     def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
                          n_way: int) -> torch.Tensor:
         """Score query features against support prototypes.
