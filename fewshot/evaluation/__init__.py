@@ -1,15 +1,6 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
-from fewshot.evaluation.harness import (
-    Comparison,
-    EpisodeSpec,
-    EvaluationResult,
-    LearnerResult,
-    OneProcess,
-    Shards,
-    evaluate,
-    evaluate_settings,
-)
+from fewshot.evaluation.harness import OneProcess, Shards, evaluate, evaluate_settings
 from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
 from fewshot.evaluation.report import (
     collect_provenance,
@@ -22,6 +13,7 @@ from fewshot.evaluation.report import (
     write_json,
     write_markdown,
 )
+from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
 from fewshot.evaluation.runs import check_test_set, gather_results, run_label, write_results
 
 __all__ = [

@@ -24,7 +24,7 @@ import torch
 
 import fewshot
 from episodes.files import atomic_write, atomic_write_text
-from fewshot.evaluation.harness import EvaluationResult, LearnerResult
+from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import yaml
 
 from episodes import FewShotDataset
 from episodes.files import atomic_write_text
-from fewshot.evaluation.harness import EvaluationResult
 from fewshot.evaluation.report import markdown_table, plot_accuracy_vs_shots, read_json, write_csv, write_json
+from fewshot.evaluation.results import EvaluationResult
 
 __all__ = ["check_test_set", "gather_results", "run_label", "write_results"]
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from episodes import FewShotDataset, rng
 from episodes.augment import Augment
 from fewshot.backbones.spec import BackboneSpec
-from fewshot.training.distributed import GlobalBatchNorm, GradientAverager, broadcast_state
+from fewshot.training.collectives import GlobalBatchNorm, GradientAverager, broadcast_state
 
 logger = logging.getLogger(__name__)
 
