@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-import fewshot
 from episodes.files import atomic_write, atomic_write_text
+from fewshot._version import __version__
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _as_list(results: EvaluationResult | Iterable[EvaluationResult]) -> list[Eva
 def _git_revision() -> str | None:
     """The commit of the source checkout the package runs from, or None (not a git checkout, no git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fewshot.__file__).resolve().parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,7 +65,7 @@ def collect_provenance(*, config: Mapping[str, Any] | None = None, seed: int | N
     return {
         "config": dict(config) if config is not None else None,
         "seed": seed,
-        "fewshot_version": fewshot.__version__,
+        "fewshot_version": __version__,
         "git_revision": _git_revision(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

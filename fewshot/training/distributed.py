@@ -9,9 +9,9 @@ all-reduce, so every rank takes the same optimizer step as one process on the wh
 Batch norm. MAML normalises each task on its own inside its inner loop, so sharding tasks changes
 nothing. ProtoNet's ``meta_loss`` (and supervised pretraining) run one backbone call over the whole
 batch in train mode: its batch-norm statistics span every task of the meta-batch. With sharded tasks
-:class:`~fewshot.training.collectives.GlobalBatchNorm` keeps that meaning: train-mode batch norm takes its mean and variance over the
-global batch (all-reduced sums, differentiable), so a sharded run equals the one-process run, running
-statistics included. It is on by default for :class:`~fewshot.learners.base.EmbeddingLearner` s.
+:class:`~fewshot.training.collectives.GlobalBatchNorm` keeps that meaning: train-mode batch norm takes its
+mean and variance over the global batch (all-reduced sums, differentiable), so a sharded run equals the
+one-process run, running statistics included. It is on by default for :class:`~fewshot.learners.base.EmbeddingLearner` s.
 
 Evaluation (:func:`evaluate_distributed`) gives each rank a contiguous block of the same episode batches
 (and image-embedding chunks) one process would use, and gathers the per-episode accuracies in order:
