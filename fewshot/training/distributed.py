@@ -11,7 +11,8 @@ nothing. ProtoNet's ``meta_loss`` (and supervised pretraining) run one backbone 
 batch in train mode: its batch-norm statistics span every task of the meta-batch. With sharded tasks
 :class:`~fewshot.training.collectives.GlobalBatchNorm` keeps that meaning: train-mode batch norm takes its
 mean and variance over the global batch (all-reduced sums, differentiable), so a sharded run equals the
-one-process run, running statistics included. It is on by default for :class:`~fewshot.learners.base.EmbeddingLearner` s.
+one-process run, running statistics included. It is on by default for
+:class:`~fewshot.learners.base.EmbeddingLearner` s.
 
 Evaluation (:func:`evaluate_distributed`) gives each rank a contiguous block of the same episode batches
 (and image-embedding chunks) one process would use, and gathers the per-episode accuracies in order:
