@@ -162,3 +162,32 @@ def test_plots_are_skipped_with_a_warning_without_matplotlib(tmp_path: Path, mon
         assert plot_accuracy_vs_shots(tmp_path / "shots.png", make_result({"protonet": (0.9, 0.01)})) is None
     assert "matplotlib is not installed" in caplog.text
     assert not any(tmp_path.iterdir())
+
+
+def test_transductive_rows_are_marked_kept_apart_and_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from episodes import FewShotDataset
+    from fewshot.evaluation import evaluate
+    from fewshot.learners import Learner
+
+    class Nearest(Learner):
+        def __init__(self, *, transductive: bool) -> None:
+            super().__init__()
+            self.transductive = transductive
+
+        def predict(self, batch):
+            query = batch.query_x.flatten(2)
+            if self.transductive:  # uses the other (unlabelled) queries of the episode
+                query = query - query.mean(1, keepdim=True) + batch.support_x.flatten(2).mean(1, keepdim=True)
+            return -torch.cdist(query, batch.support_x.flatten(2))
+
+    images = torch.randint(0, 256, (40, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = FewShotDataset.from_tensors(images, torch.arange(10).repeat_interleave(4), [f"c{i}" for i in range(10)],
+                                       name="tiny")
+    with caplog.at_level(logging.WARNING, logger="fewshot.evaluation.harness"):
+        result = evaluate({"trans": Nearest(transductive=True), "plain": Nearest(transductive=False)}, data,
+                          n_way=3, n_shot=1, n_query=2, episodes=4, progress=False, permutations=0)
+    assert [r.transductive for r in result.learners] == [True, False]
+    assert "trans (transductive" in caplog.text and "not comparable" in caplog.text
+    rows = [line.split("|")[1].strip() for line in markdown_table(result).splitlines()[2:]]
+    assert rows == ["plain", "trans (transductive)"]
+    assert EvaluationResult.from_dict(result.to_dict()).learners[0].transductive is True

@@ -241,5 +241,11 @@ def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor]
         Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=seed))
         for a, b in itertools.combinations(learners, 2)
     )
+    for a, b in itertools.combinations(learners, 2):
+        if learners[a].transductive != learners[b].transductive:
+            trans, ind = (a, b) if learners[a].transductive else (b, a)
+            logger.warning("paired comparison of %s (transductive: it uses the unlabelled query set) with %s "
+                           "(inductive) on %s %d-way %d-shot: the two protocols are not comparable", trans, ind,
+                           dataset, n_way, n_shot)
     spec = EpisodeSpec(dataset=dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
     return EvaluationResult(spec, tuple(results), comparisons, train_dataset, dataset)

@@ -148,6 +148,8 @@ def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[
         for learner in result.learners:
             if learner.name not in methods:
                 methods.append(learner.name)
+    transductive = {method for (method, _), cell in cells.items() if cell.transductive}
+    methods.sort(key=lambda method: method in transductive)  # inductive rows first, transductive rows apart
     return methods, columns, cells
 
 
@@ -157,7 +159,8 @@ TRANSDUCTIVE_MARK = " (transductive)"
 def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, digits: int = 2) -> str:
     """A table for a paper: ``| method | 5-way 1-shot | ... |`` with cells ``98.80 ± 0.21`` (percent,
     mean ± 95% half-width); ``–`` where a method was not run in a setting. Methods that used the unlabelled
-    query set (transductive) carry :data:`TRANSDUCTIVE_MARK` after their name."""
+    query set (transductive) come after the inductive ones and carry :data:`TRANSDUCTIVE_MARK` after their
+    name."""
     methods, columns, cells = _cells(_as_list(results))
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method in methods:
