@@ -150,3 +150,26 @@ def test_loaded_weights_carry_their_spec_to_the_data(tmp_path: Path) -> None:
     assert torch.equal(data.to_float(x), (x.float() / 255 - 0.25) / 0.5)
     with pytest.raises(ValueError, match="image_size=28"):
         normalise_for(_dataset(), BackboneSpec((28, 28), 1, (0.0,), (1.0,)))
+
+
+def test_diverged_state_stops_training_and_evaluation() -> None:
+    from fewshot.evaluation import evaluate
+
+    learner = _learner(FineTune)
+    with torch.no_grad():
+        learner.backbone.block1[1].running_var.fill_(float("inf"))  # what lr=1e12 leaves behind
+    with pytest.raises(FloatingPointError, match=r"block1\.1\.running_var holds non-finite"):
+        SupervisedPretrainer(**PRETRAIN).fit(learner, DATA, _run(backbone_pretrained=True))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        evaluate({"diverged": learner}, DATA.train, n_way=3, n_shot=1, n_query=2, episodes=4, progress=False)
+
+
+def test_nan_logits_are_an_error_not_an_accuracy() -> None:
+    from fewshot.evaluation import evaluate
+
+    class NaNs(Learner):
+        def predict(self, batch):
+            return torch.full((*batch.query_y.shape, batch.n_way), float("nan"))
+
+    with pytest.raises(FloatingPointError, match="NaN or infinite logits"):
+        evaluate({"nan": NaNs()}, DATA.train, n_way=3, n_shot=1, n_query=2, episodes=4, progress=False)

@@ -63,6 +63,7 @@ def _check_learners(learners: Mapping[str, Learner], device: torch.device) -> No
             if not _same_device(tensor.device, device):
                 raise ValueError(f"learner {name!r} has tensors on {tensor.device} but evaluation runs on "
                                  f"{device}; call learner.to({str(device)!r}) first or pass device=")
+        learner.check_finite(f"learner {name!r}")
 
 
 def _accuracy(logits: torch.Tensor, query_y: torch.Tensor, n_way: int, name: str) -> torch.Tensor:
@@ -70,6 +71,10 @@ def _accuracy(logits: torch.Tensor, query_y: torch.Tensor, n_way: int, name: str
     if logits.shape != (*query_y.shape, n_way):
         raise ValueError(f"learner {name!r} returned logits of shape {tuple(logits.shape)}; expected "
                          f"(tasks, queries, n_way) = {(*query_y.shape, n_way)}")
+    if bool(torch.isnan(logits).any() | torch.isposinf(logits).any() | torch.isneginf(logits).all(-1).any()):
+        raise FloatingPointError(f"learner {name!r} returned NaN or infinite logits (or a query with every class at "
+                                 "-inf), which have no argmax; its predictions diverged: lower its step sizes or "
+                                 "learning rates, or check its weights")
     correct = (logits.argmax(-1) == query_y).sum(-1)
     return (correct.to(torch.float64) / query_y.shape[-1]).cpu()
 

@@ -74,6 +74,16 @@ class Learner(nn.Module, abc.ABC):
 
     transductive: bool = False
 
+    def check_finite(self, what: str) -> None:
+        """Raise ``FloatingPointError`` naming the first parameter or floating buffer (e.g. a batch-norm running
+        variance) that holds NaN or infinity; ``what`` says where the learner came from, for the message."""
+        for name, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(
+                    f"{what}: {name} holds non-finite values (NaN or inf), so every prediction would be meaningless; "
+                    "the training diverged: retrain with a lower learning rate (trainer.optimizer.lr, or the inner "
+                    "step size) or gradient clipping (trainer.optimizer.grad_clip), or use another checkpoint")
+
     def fit_base_classes(self, dataset: FewShotDataset) -> None:
         """Called by the supervised trainers once the backbone is trained (or its weights loaded), with the
         training classes: a learner that keeps statistics of the base classes (e.g. SimpleShot's mean feature

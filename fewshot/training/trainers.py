@@ -188,6 +188,7 @@ class EpisodicTrainer:
             learner.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.ckpt")["learner"])
             log.info("testing the best validation step %d (val accuracy %.4f)", outcome.best_step,
                      outcome.best_val_accuracy)
+        learner.check_finite(f"the learner after meta-training (step {outcome.best_step})")
         return outcome.history
 
 
@@ -223,6 +224,7 @@ class SupervisedPretrainer:
         """Pretrain ``learner.backbone`` (unless ``run.backbone_pretrained``), write metrics and checkpoint."""
         backbone = _backbone(learner)
         history = [] if run.backbone_pretrained else self.pretrain(backbone, data.train, run).history
+        learner.check_finite("after supervised pretraining" if history else "with the loaded backbone weights")
         learner.fit_base_classes(data.train)
         if run.writer and run.run_dir is not None:
             if history:
