@@ -1,6 +1,6 @@
 """Command-line apps (Hydra): ``fewshot-train``, ``fewshot-eval``, ``fewshot-pretrain`` and ``fewshot-report``.
 
-The only module that imports hydra/omegaconf, and only wiring: compose, instantiate the ``_target_`` s (dataset
+With :mod:`fewshot.hydra_app` (entry points, error guard, run folders) the app layer, and only wiring: compose, instantiate the ``_target_`` s (dataset
 loader, backbone, learner, trainer), turn the rest into typed values and call the library. Every run writes to
 its own directory (``runs/<name>/<time>/`` by default): the composed config (``config.yaml`` resolved,
 ``.hydra/``), the log, ``metrics.csv``, ``checkpoints/`` and the test results (``results.{json,csv,md}``, plots).
@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
-import sys
-import zipfile
-from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from episodes import FewShotDataset
 from fewshot.backbones import load_pretrained, normalise_for, save_backbone
@@ -36,10 +30,11 @@ from fewshot.evaluation import (
     plot_learning_curve,
     write_results,
 )
+from fewshot.hydra_app import app_main, in_processes, output_dir, record
 from fewshot.learners import Learner
 from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, TrainingData, check_resume
 from fewshot.training.checkpoint import load_checkpoint, load_state_exactly
-from fewshot.training.distributed import DistributedContext, RankShards, init_distributed, shutdown_distributed
+from fewshot.training.distributed import DistributedContext, RankShards
 from fewshot.training.meta_train import write_rows_csv
 
 log = logging.getLogger("fewshot")
@@ -94,39 +89,27 @@ def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, dev
              markdown_table(results))
 
 
-def _in_processes(distributed: bool, task: Callable[[DistributedContext | None], None]) -> None:
-    """Run ``task(ctx)``: with ``distributed``, ``ctx`` is this process's place in the torch.distributed group of
-    torchrun / srun (one process per GPU), left again afterwards; otherwise ``ctx`` is None."""
-    if not distributed:
-        task(None)
-        return
-    ctx = init_distributed()
-    try:
-        hydra_cfg = HydraConfig.get()
-        if ctx.world_size > 1 and hydra_cfg.mode == RunMode.RUN and not any(
-                o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra):
-            raise ValueError("a distributed run needs one run directory shared by its processes: pass "
-                             "hydra.run.dir=<dir>")
-        task(ctx)
-    finally:
-        shutdown_distributed()
-
-
 def train(cfg: DictConfig) -> None:
     """Train the learner with the trainer of ``cfg.trainer``, then test it; see ``configs/train.yaml``.
     With ``trainer.distributed=true`` under torchrun or srun, every process runs this; rank 0 writes the files."""
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
-    _in_processes(trainer.distributed, functools.partial(_train, cfg, trainer))
+    in_processes(trainer.distributed, functools.partial(_train, cfg, trainer))
 
 
 def _train(cfg: DictConfig, trainer: Trainer, ctx: DistributedContext | None) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    check_resume(run_dir, config)  # refuse before config.yaml is replaced
-    run = Run(run_dir, config, cfg.seed, ctx.device if ctx is not None else _device(cfg.device), cfg.progress, ctx,
-              backbone_pretrained=cfg.backbone_weights is not None)
-    if run.writer:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # what fewshot-eval reads back
+    writer = ctx is None or ctx.is_main
+    with output_dir() if writer else nullcontext(Path(HydraConfig.get().runtime.output_dir)) as run_dir:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        check_resume(run_dir, config)  # refuse before anything in the run directory is written
+        run = Run(run_dir, config, cfg.seed, ctx.device if ctx is not None else _device(cfg.device), cfg.progress,
+                  ctx, backbone_pretrained=cfg.backbone_weights is not None)
+        if writer:
+            record(cfg, run_dir)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # what fewshot-eval reads back
+        _train_in(cfg, trainer, run)
+
+
+def _train_in(cfg: DictConfig, trainer: Trainer, run: Run) -> None:
     train_set, val_set, test_set = (_load(cfg.dataset, role) for role in ("train", "val", "test"))
     if train_set is None or test_set is None:
         raise ValueError("dataset.splits.train and dataset.splits.test must name class splits")
@@ -136,9 +119,9 @@ def _train(cfg: DictConfig, trainer: Trainer, ctx: DistributedContext | None) ->
                         val=val_set, val_episode=EpisodeShape(ep.n_way, ep.n_shot, ep.n_query),
                         val_seed=cfg.evaluation.seed + 1, eval_batch_size=cfg.evaluation.batch_size)
     history = trainer.fit(learner, data, run)
-    results = _evaluate(learner, cfg, test_set, run.device, train_set.name, ctx)
+    results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx)
     if run.writer:
-        _report(run_dir, results, cfg, run.device, history)
+        _report(run.run_dir, results, cfg, run.device, history)
 
 
 def _run_config(run: Path) -> DictConfig:
@@ -153,6 +136,11 @@ def _run_config(run: Path) -> DictConfig:
 def evaluate_run(cfg: DictConfig) -> None:
     """Re-test a ``fewshot-train`` run from its checkpoint, on its own test classes or (cross-domain) on
     ``cfg.test_dataset``; see ``configs/eval.yaml``."""
+    with output_dir() as out_dir:
+        _evaluate_run(cfg, out_dir)
+
+
+def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
     run = Path(hydra.utils.to_absolute_path(cfg.run))
     train_cfg = _run_config(run)
     if cfg.evaluation is not None:
@@ -173,7 +161,7 @@ def evaluate_run(cfg: DictConfig) -> None:
                        hint=f"the learner is built from {run}/config.yaml: pass the run directory that wrote it")
     check_test_set(test_set, channels=int(train_cfg.dataset.channels),
                    image_size=int(train_cfg.dataset.loader.image_size), train_set=train_set)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    record(cfg, out_dir)
     _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name), train_cfg, device)
 
 
@@ -182,16 +170,23 @@ def pretrain(cfg: DictConfig) -> None:
     trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     if not isinstance(trainer, SupervisedPretrainer):
         raise TypeError(f"fewshot-pretrain needs a supervised trainer (trainer=pretrain), not {type(trainer).__name__}")
-    _in_processes(trainer.distributed, functools.partial(_pretrain, cfg, trainer))
+    in_processes(trainer.distributed, functools.partial(_pretrain, cfg, trainer))
 
 
 def _pretrain(cfg: DictConfig, trainer: SupervisedPretrainer, ctx: DistributedContext | None) -> None:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    run = Run(out_dir, OmegaConf.to_container(cfg, resolve=True), cfg.seed,
-              ctx.device if ctx is not None else _device(cfg.device), cfg.progress, ctx)
+    writer = ctx is None or ctx.is_main
+    with output_dir() if writer else nullcontext(Path(HydraConfig.get().runtime.output_dir)) as out_dir:
+        _pretrain_in(cfg, trainer, Run(out_dir, OmegaConf.to_container(cfg, resolve=True), cfg.seed,
+                                       ctx.device if ctx is not None else _device(cfg.device), cfg.progress, ctx))
+
+
+def _pretrain_in(cfg: DictConfig, trainer: SupervisedPretrainer, run: Run) -> None:
+    out_dir = run.run_dir
     train_set = _load(cfg.dataset, "train")
     torch.manual_seed(cfg.seed)
     backbone = hydra.utils.instantiate(cfg.backbone).to(run.device)
+    if run.writer:
+        record(cfg, out_dir)
     history = trainer.pretrain(backbone, train_set, run).history
     if not run.writer:
         return
@@ -209,62 +204,14 @@ def report(cfg: DictConfig) -> None:
     root = Path(hydra.utils.to_absolute_path(cfg.dir))
     if not root.is_dir():
         raise FileNotFoundError(f"dir={root} is not a folder; pass the multirun folder (or a folder of runs)")
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = gather_results(root, include_eval=cfg.include_eval, skip=out_dir)
-    write_results(out_dir, results, collect_provenance(config={"dir": str(root)}))
-    log.info("%d results merged into %s:\n%s", len(results), out_dir, markdown_table(results))
+    with output_dir() as out_dir:
+        results = gather_results(root, include_eval=cfg.include_eval, skip=out_dir)
+        record(cfg, out_dir)
+        write_results(out_dir, results, collect_provenance(config={"dir": str(root)}))
+        log.info("%d results merged into %s:\n%s", len(results), out_dir, markdown_table(results))
 
 
-def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
-    """Turn expected failures (bad input, bad config, divergence, out of memory) into a one-line error and exit
-    status 2 instead of a traceback from deep inside torch."""
-
-    @functools.wraps(task)
-    def run(cfg: DictConfig) -> None:
-        _TASK_STARTED[0] = True
-        try:
-            task(cfg)
-        except torch.cuda.OutOfMemoryError as err:
-            log.error("out of GPU memory: %s\nlower trainer.meta_batch or evaluation.batch_size, or use a first-order "
-                      "learner (learner=fomaml)", err)
-            sys.exit(2)
-        except InstantiationException as err:  # a constructor refused its config: report its own error
-            cause = err.__cause__ or err
-            where = str(err).strip().splitlines()[-1] if "full_key:" in str(err) else ""
-            log.error("%s: %s%s", type(cause).__name__, cause, f" ({where})" if where else "")
-            sys.exit(2)
-        except (ValueError, TypeError, KeyError, OSError, FloatingPointError, pickle.UnpicklingError,
-                zipfile.BadZipFile, OmegaConfBaseException) as err:  # OSError: downloads, disk
-            log.error("%s: %s", type(err).__name__, err)
-            sys.exit(2)
-
-    return run
-
-
-#: Set once a task runs: Hydra's exit status 1 before that means the config could not be composed.
-_TASK_STARTED = [False]
-
-
-def _main(config_name: str, task: Callable[[DictConfig], None]) -> Callable[[], None]:
-    """The entry point of one app: Hydra composes ``configs/<config_name>.yaml`` and runs ``task`` under
-    :func:`_guard`; a config Hydra cannot compose (unknown key, option or bad value) exits with 2 like every other
-    bad input (Hydra itself exits with 1 after printing the error)."""
-    app = hydra.main(version_base="1.3", config_path="configs", config_name=config_name)(_guard(task))
-
-    def main() -> None:
-        try:
-            app()
-        except SystemExit as exit_:
-            if exit_.code == 1 and not _TASK_STARTED[0]:
-                sys.exit(2)
-            raise
-
-    main.__name__ = f"{config_name}_main"
-    main.__doc__ = f"Entry point of ``fewshot-{config_name}``."
-    return main
-
-
-train_main = _main("train", train)
-eval_main = _main("eval", evaluate_run)
-pretrain_main = _main("pretrain", pretrain)
-report_main = _main("report", report)
+train_main = app_main("train", train)
+eval_main = app_main("eval", evaluate_run)
+pretrain_main = app_main("pretrain", pretrain)
+report_main = app_main("report", report)
