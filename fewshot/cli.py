@@ -1,9 +1,10 @@
 """Command-line apps (Hydra): ``fewshot-train``, ``fewshot-eval``, ``fewshot-pretrain`` and ``fewshot-report``.
 
-With :mod:`fewshot.hydra_app` (entry points, error guard, run folders) the app layer, and only wiring: compose, instantiate the ``_target_`` s (dataset
-loader, backbone, learner, trainer), turn the rest into typed values and call the library. Every run writes to
-its own directory (``runs/<name>/<time>/`` by default): the composed config (``config.yaml`` resolved,
-``.hydra/``), the log, ``metrics.csv``, ``checkpoints/`` and the test results (``results.{json,csv,md}``, plots).
+The commands of the app layer (with :mod:`fewshot.hydra_app`: entry points, error guard, run folders), and only
+wiring: instantiate the ``_target_`` s (dataset loader, backbone, learner, trainer), turn the rest into typed values
+and call the library. Every run writes to its own directory (``runs/<name>/<time>/`` by default): the composed
+config (``config.yaml`` resolved, ``.hydra/``), the log, ``metrics.csv``, ``checkpoints/`` and the test results
+(``results.{json,csv,md}``, plots).
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def evaluate_run(cfg: DictConfig) -> None:
 def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
     run = Path(hydra.utils.to_absolute_path(cfg.run))
     train_cfg = _run_config(run)
-    if cfg.evaluation is not None:
-        train_cfg.evaluation = cfg.evaluation
+    for key, value in cfg.evaluation.items():
+        if value is not None:
+            train_cfg.evaluation[key] = value
     train_cfg.progress = cfg.progress
     device = _device(cfg.device)
     ckpt = run / "checkpoints" / f"{cfg.checkpoint}.ckpt"

@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fewshot.config_types import check_config_types
 from fewshot.training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from fewshot.training.run_dir import claim_run_dir
+from fewshot.training.run_dir import claim_run_dir, remove_if_empty
 
 log = logging.getLogger("fewshot")
 
@@ -96,26 +97,32 @@ def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     def run(cfg: DictConfig) -> None:
         _TASK_STARTED[0] = True
         try:
+            check_config_types(cfg)  # wrong types stop here, before any folder is claimed
             task(cfg)
         except KeyboardInterrupt:
             log.error("interrupted; a training run resumes from its last checkpoint when the same command is "
                       "run again with hydra.run.dir=%s", HydraConfig.get().runtime.output_dir)
             sys.exit(130)
         except torch.cuda.OutOfMemoryError as err:
-            log.error("out of GPU memory: %s\nlower trainer.meta_batch or evaluation.batch_size, or use a first-order "
-                      "learner (learner=fomaml)", err)
-            sys.exit(2)
+            _refuse(f"out of GPU memory: {err}\nlower trainer.meta_batch or evaluation.batch_size, or use a "
+                    "first-order learner (learner=fomaml)")
         except InstantiationException as err:  # a constructor refused its config: report its own error
             cause = err.__cause__ or err
             where = str(err).strip().splitlines()[-1] if "full_key:" in str(err) else ""
-            log.error("%s: %s%s", type(cause).__name__, cause, f" ({where})" if where else "")
-            sys.exit(2)
+            _refuse(f"{type(cause).__name__}: {cause}" + (f" ({where})" if where else ""))
         except (ValueError, TypeError, KeyError, OSError, FloatingPointError, pickle.UnpicklingError,
                 zipfile.BadZipFile, OmegaConfBaseException) as err:  # OSError: downloads, disk
-            log.error("%s: %s", type(err).__name__, err)
-            sys.exit(2)
+            _refuse(f"{type(err).__name__}: {err}")
 
     return run
+
+
+def _refuse(message: str) -> None:
+    """Log ``message``, remove the folder Hydra made for the job if the job wrote nothing there, exit with 2."""
+    log.error("%s", message)
+    if HydraConfig.initialized():
+        remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+    sys.exit(2)
 
 
 #: Set once a task runs: Hydra's exit status 1 before that means the config could not be composed.

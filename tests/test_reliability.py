@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from episodes.datasets.download import DownloadError
@@ -259,7 +260,7 @@ def test_out_of_memory_gives_a_hint_and_exit_status_2(caplog: pytest.LogCaptureF
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with caplog.at_level(logging.ERROR, logger="fewshot"), pytest.raises(SystemExit) as exit_info:
-        hydra_app._guard(task)(None)
+        hydra_app._guard(task)(OmegaConf.create())
     assert exit_info.value.code == 2
     assert "out of GPU memory" in caplog.text and "Tried to allocate 2.00 GiB" in caplog.text
     assert "trainer.meta_batch" in caplog.text and "learner=fomaml" in caplog.text
@@ -273,7 +274,7 @@ def test_guard_turns_expected_errors_into_status_2(caplog: pytest.LogCaptureFixt
         raise error
 
     with caplog.at_level(logging.ERROR, logger="fewshot"), pytest.raises(SystemExit) as exit_info:
-        hydra_app._guard(task)(None)
+        hydra_app._guard(task)(OmegaConf.create())
     assert exit_info.value.code == 2
     assert f"{type(error).__name__}: {error}" in caplog.text
 
@@ -283,7 +284,7 @@ def test_guard_lets_programming_errors_through() -> None:
         raise RuntimeError("a bug")
 
     with pytest.raises(RuntimeError, match="a bug"):
-        hydra_app._guard(task)(None)
+        hydra_app._guard(task)(OmegaConf.create())
 
 
 # --- crash and resume ---------------------------------------------------------------------------------------------

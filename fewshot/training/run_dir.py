@@ -8,6 +8,7 @@ a second process started into the same folder is refused instead of interleaving
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ try:
 except ImportError:  # Windows: no flock; folders are still checked, not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RUN_FILES", "RunLock", "claim_run_dir"]
+__all__ = ["RUN_FILES", "RunLock", "claim_run_dir", "remove_if_empty"]
 
 #: What a run of this library writes in its folder (temporary files of atomic writes are ``.<name>.*.tmp``).
 RUN_FILES = frozenset({
@@ -35,10 +36,20 @@ class RunLock:
     fd: int | None
 
     def release(self) -> None:
-        """Give the folder up (closing the lock file releases the flock)."""
+        """Give the folder up (closing the lock file releases the flock); a folder left holding nothing but the
+        lock file (the run was refused before it wrote anything) is removed."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        remove_if_empty(self.path)
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing, or nothing but a lock file (what a refused run leaves)."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".lock"}:
+        (folder / ".lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another process put something there in between: leave it
+            folder.rmdir()
 
 
 def _foreign(folder: Path) -> list[str]:
