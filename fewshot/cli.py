@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,7 +45,12 @@ log = logging.getLogger("fewshot")
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name} is not supported; use device=auto, cpu, cuda or cuda:<index>")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} asked for, but torch sees no CUDA GPU; use device=cpu or device=auto")
     return device
@@ -129,7 +135,11 @@ def _run_config(run: Path) -> DictConfig:
     """The resolved config a ``fewshot-train`` run saved (``config.yaml``; ``.hydra/config.yaml`` for older runs)."""
     for saved in (run / "config.yaml", run / ".hydra" / "config.yaml"):
         if saved.is_file():
-            return OmegaConf.load(saved)
+            try:
+                return OmegaConf.load(saved)
+            except yaml.YAMLError as err:
+                raise ValueError(f"{saved} is not readable YAML ({str(err).splitlines()[0]}); it was edited or "
+                                 "damaged: restore it, or retrain the run") from err
     raise FileNotFoundError(f"{run} is not a fewshot-train run directory (no config.yaml); pass run=<the directory "
                             "a training run printed>")
 

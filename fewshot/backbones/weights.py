@@ -122,6 +122,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             f"rejected it: {reason}). Loading it could run arbitrary code. If you trust its source, re-save "
             "just the state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors."
         ) from err
+    except Exception as err:  # torch raises RuntimeError/EOFError/... for truncated or foreign files
+        raise ValueError(f"{path} cannot be read as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         "it is truncated or not a safetensors/PyTorch weights file") from err
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
         if nested is None:

@@ -94,7 +94,11 @@ def write_json(path: str | os.PathLike[str], results: EvaluationResult | Iterabl
 
 def read_json(path: str | os.PathLike[str]) -> tuple[list[EvaluationResult], dict[str, Any]]:
     """Read a file of :func:`write_json`: (results, provenance)."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable results file ({err}); it is truncated or damaged: re-run "
+                         "the evaluation that wrote it (fewshot eval run=<its run>)") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fewshot evaluation file (expected format {FORMAT!r})")
     return [EvaluationResult.from_dict(r) for r in document["results"]], document["provenance"]

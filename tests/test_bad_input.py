@@ -1,0 +1,49 @@
+"""Bad input through the real CLI: one line, exit status 2, the file or key named, nothing left behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli import TINY, dataset_args, fewshot, folders, output, trained_run  # noqa: F401 (fixtures)
+
+from fewshot.evaluation import read_json
+
+
+def last_line(done) -> str:
+    return output(done).strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["tpu", "mps", "banana"])
+def test_an_unsupported_device_is_one_line(trained_run: Path, tmp_path: Path, device: str) -> None:  # noqa: F811
+    done = fewshot("eval", f"run={trained_run}", f"device={device}", f"hydra.run.dir={tmp_path / 'out'}", check=False)
+    assert done.returncode == 2 and f"device={device} is not supported" in last_line(done)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_run_config_names_the_file(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", ".lock"))
+    (run / "config.yaml").write_text("dataset: [unclosed\n")
+    done = fewshot("eval", f"run={run}", check=False)
+    assert done.returncode == 2 and f"{run / 'config.yaml'} is not readable YAML" in last_line(done)
+    assert not any((run / "eval").iterdir())  # the re-test's own folder is gone
+
+
+@pytest.mark.slow
+def test_a_corrupt_weights_file_names_the_file(folders: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    done = fewshot("train", *dataset_args(folders[0]), *TINY, "learner=finetune", "trainer=pretrain",
+                   f"backbone_weights={weights}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert done.returncode == 2 and str(weights) in last_line(done) and "ValueError" in last_line(done)
+
+
+def test_a_truncated_results_file_names_the_file(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    damaged = tmp_path / "results.json"
+    damaged.write_text((trained_run / "results.json").read_text()[:100])
+    with pytest.raises(ValueError, match=f"{damaged} is not a readable results file"):
+        read_json(damaged)
