@@ -24,6 +24,7 @@ from episodes import FewShotDataset
 from fewshot.backbones import load_pretrained, normalise_for, save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
+    check_settings,
     check_test_set,
     collect_provenance,
     evaluate_settings,
@@ -125,6 +126,10 @@ def _train_in(cfg: DictConfig, trainer: Trainer, run: Run) -> None:
     data = TrainingData(train=train_set, train_episode=EpisodeShape(ep.train_n_way, ep.train_n_shot, ep.train_n_query),
                         val=val_set, val_episode=EpisodeShape(ep.n_way, ep.n_shot, ep.n_query),
                         val_seed=cfg.evaluation.seed + 1, eval_batch_size=cfg.evaluation.batch_size)
+    e = cfg.evaluation  # a test that would fail is refused before the training, not after it
+    check_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
+                   n_query=e.n_query, episodes=e.episodes, batch_size=e.batch_size)
+    learner.check_ways(data.train_episode.n_way)
     history = trainer.fit(learner, data, run)
     results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx)
     if run.writer:

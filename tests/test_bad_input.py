@@ -47,3 +47,18 @@ def test_a_truncated_results_file_names_the_file(trained_run: Path, tmp_path: Pa
     damaged.write_text((trained_run / "results.json").read_text()[:100])
     with pytest.raises(ValueError, match=f"{damaged} is not a readable results file"):
         read_json(damaged)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("evaluation.settings=[[3,1],[2,1]]", "MAML head has 3 classes but the episodes are 2-way"),
+    ("evaluation.settings=[[5,1]]", "n_way=5 but the dataset has only 3 classes"),
+    ("evaluation.n_query=50", "n_query"),
+    ("evaluation.episodes=1", "episodes must be >= 2"),
+])
+def test_a_test_that_would_fail_is_refused_before_training(folders: tuple[Path, Path], tmp_path: Path,  # noqa: F811
+                                                          override: str, message: str) -> None:
+    done = fewshot("train", *dataset_args(folders[0]), *TINY, "learner=maml", "trainer.steps=1000", override,
+                   f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert done.returncode == 2 and message in last_line(done)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,6 +1,6 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
-from fewshot.evaluation.harness import OneProcess, Shards, evaluate, evaluate_settings
+from fewshot.evaluation.harness import OneProcess, Shards, check_settings, evaluate, evaluate_settings
 from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
 from fewshot.evaluation.report import (
     collect_provenance,
@@ -24,6 +24,7 @@ __all__ = [
     "OneProcess",
     "PairedComparison",
     "Shards",
+    "check_settings",
     "check_test_set",
     "collect_provenance",
     "csv_rows",

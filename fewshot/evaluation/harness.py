@@ -177,12 +177,8 @@ def evaluate_settings(
     block of the ``batch_size`` episode batches; features and accuracies are gathered in order, so every process
     returns the one-process results bit for bit.
     """
-    if not settings:
-        raise ValueError("settings must list at least one (n_way, n_shot) pair, e.g. [(5, 1)]")
-    if episodes < 2:
-        raise ValueError(f"episodes must be >= 2 for a confidence interval, got {episodes}")
-    if batch_size < 1 or embed_chunk < 1:
-        raise ValueError(f"batch_size and embed_chunk must be >= 1, got {batch_size} and {embed_chunk}")
+    check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
+                   embed_chunk=embed_chunk)
     device = torch.device(device)
     shards = shards or OneProcess()
     _check_learners(learners, device)
@@ -232,6 +228,23 @@ def evaluate_settings(
     return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
                     seed=seed, train_dataset=train_dataset, permutations=permutations)
             for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]
+
+
+def check_settings(learners: Mapping[str, Learner], dataset: FewShotDataset, *, settings: Sequence[tuple[int, int]],
+                   n_query: int, episodes: int, batch_size: int = 32, embed_chunk: int = 1024) -> None:
+    """Raise ``ValueError`` if :func:`evaluate_settings` with these arguments would fail: no settings, fewer than 2
+    episodes, an episode shape ``dataset`` cannot supply, or a number of ways a learner cannot score
+    (:meth:`Learner.check_ways`). Call it before training to refuse a run whose test would fail after it."""
+    if not settings:
+        raise ValueError("settings must list at least one (n_way, n_shot) pair, e.g. [(5, 1)]")
+    if episodes < 2:
+        raise ValueError(f"episodes must be >= 2 for a confidence interval, got {episodes}")
+    if batch_size < 1 or embed_chunk < 1:
+        raise ValueError(f"batch_size and embed_chunk must be >= 1, got {batch_size} and {embed_chunk}")
+    for n_way, n_shot in settings:
+        EpisodeSampler(dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, seed=0, num_episodes=episodes)
+        for learner in learners.values():
+            learner.check_ways(n_way)
 
 
 def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor], dataset: str, *, n_way: int,

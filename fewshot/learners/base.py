@@ -74,6 +74,10 @@ class Learner(nn.Module, abc.ABC):
 
     transductive: bool = False
 
+    def check_ways(self, n_way: int) -> None:
+        """Raise ``ValueError`` (saying what to change) if this learner cannot score ``n_way``-way episodes, e.g. a
+        classifier head built for another number of classes. The default accepts any number."""
+
     def check_finite(self, what: str) -> None:
         """Raise ``FloatingPointError`` naming the first parameter or floating buffer (e.g. a batch-norm running
         variance) that holds NaN or infinity; ``what`` says where the learner came from, for the message."""

@@ -134,10 +134,14 @@ class MAML(MetaLearner):
             params, self.adapted, steps=steps, step_sizes=step_sizes, first_order=first_order, batched=batched)
         return self._head(adapted, self._query_features(adapted, support_x, query_x, primitives=batched)), losses
 
+    def check_ways(self, n_way: int) -> None:
+        """The head has ``self.n_way`` outputs: other ways are refused."""
+        if n_way != self.n_way:
+            raise ValueError(f"this MAML head has {self.n_way} classes but the episodes are {n_way}-way; build the "
+                             f"learner with n_way={n_way} (a separate model per number of ways)")
+
     def _check_way(self, batch: EpisodeBatch) -> None:
-        if batch.n_way != self.n_way:
-            raise ValueError(f"this MAML head has {self.n_way} classes but the batch is {batch.n_way}-way; "
-                             f"build the learner with n_way={batch.n_way}")
+        self.check_ways(batch.n_way)
 
     def _check_finite(self, losses: torch.Tensor, logits: torch.Tensor) -> None:
         if not (bool(torch.isfinite(losses).all()) and bool(torch.isfinite(logits).all())):
