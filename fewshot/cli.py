@@ -24,6 +24,7 @@ from episodes import FewShotDataset
 from fewshot.backbones import load_pretrained, normalise_for, save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
+    check_same_test_data,
     check_settings,
     check_test_set,
     collect_provenance,
@@ -88,9 +89,10 @@ def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, devic
 
 
 def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, device: torch.device,
-            history: list[dict[str, float]] | None = None) -> None:
+            test_set: FewShotDataset, history: list[dict[str, float]] | None = None) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
-    write_results(out_dir, results, collect_provenance(config=config, seed=cfg.seed, device=str(device)))
+    write_results(out_dir, results, collect_provenance(config=config, seed=cfg.seed, device=str(device),
+                                                       test_set=test_set))
     if history:
         plot_learning_curve(out_dir / "learning_curve.png", history)
     log.info("results (%% accuracy, 95%% CI over %d episodes) in %s:\n%s", cfg.evaluation.episodes, out_dir,
@@ -133,7 +135,7 @@ def _train_in(cfg: DictConfig, trainer: Trainer, run: Run) -> None:
     history = trainer.fit(learner, data, run)
     results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx)
     if run.writer:
-        _report(run.run_dir, results, cfg, run.device, history)
+        _report(run.run_dir, results, cfg, run.device, test_set, history)
 
 
 def _run_config(run: Path) -> DictConfig:
@@ -178,8 +180,10 @@ def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
                        hint=f"the learner is built from {run}/config.yaml: pass the run directory that wrote it")
     check_test_set(test_set, channels=int(train_cfg.dataset.channels),
                    image_size=int(train_cfg.dataset.loader.image_size), train_set=train_set)
+    if not cfg.get("test_dataset") and (run / "results.json").is_file():
+        check_same_test_data(run / "results.json", test_set)
     record(cfg, out_dir)
-    _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name), train_cfg, device)
+    _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name), train_cfg, device, test_set)
 
 
 def pretrain(cfg: DictConfig) -> None:

@@ -62,3 +62,16 @@ def test_a_test_that_would_fail_is_refused_before_training(folders: tuple[Path, 
                    f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert done.returncode == 2 and message in last_line(done)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_retest_on_changed_test_data_is_refused(folders: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    images = tmp_path / "images"
+    shutil.copytree(folders[0], images)
+    run = tmp_path / "run"
+    fewshot("train", *dataset_args(images), *TINY, "trainer.steps=1", f"hydra.run.dir={run}")
+    tested = read_json(run / "results.json")[1]["test_data"]["classes"]
+    shutil.rmtree(images / tested[0])  # a class of the test split is gone since
+    done = fewshot("eval", f"run={run}", "progress=false", check=False)
+    assert done.returncode == 2 and "the test data changed since" in last_line(done)
+    assert "classes missing" in last_line(done)

@@ -14,7 +14,7 @@ from fewshot.evaluation.report import (
     write_markdown,
 )
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
-from fewshot.evaluation.runs import check_test_set, gather_results, run_label, write_results
+from fewshot.evaluation.runs import check_same_test_data, check_test_set, gather_results, run_label, write_results
 
 __all__ = [
     "Comparison",
@@ -24,6 +24,7 @@ __all__ = [
     "OneProcess",
     "PairedComparison",
     "Shards",
+    "check_same_test_data",
     "check_settings",
     "check_test_set",
     "collect_provenance",

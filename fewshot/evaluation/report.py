@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from episodes import FewShotDataset
 from episodes.files import atomic_write, atomic_write_text
 from fewshot._version import __version__
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
@@ -54,15 +55,20 @@ def _git_revision() -> str | None:
 
 
 def collect_provenance(*, config: Mapping[str, Any] | None = None, seed: int | None = None,
-               device: str | None = None) -> dict[str, Any]:
+                       device: str | None = None, test_set: FewShotDataset | None = None) -> dict[str, Any]:
     """Where a result came from: the caller's config and seed, plus library and machine facts.
 
     Args:
         config: the full run configuration as plain JSON-ready values (e.g. ``OmegaConf.to_container``).
         seed: the run's seed.
         device: the device the evaluation ran on, e.g. ``"cuda:0"``.
+        test_set: the classes tested on: their names and image counts are recorded (``test_data``), so a
+            re-test can check it scores the same ones.
     """
+    tested = None if test_set is None else {"name": test_set.name, "classes": list(test_set.class_names),
+                                            "class_sizes": test_set.class_sizes.tolist()}
     return {
+        "test_data": tested,
         "config": dict(config) if config is not None else None,
         "seed": seed,
         "fewshot_version": __version__,

@@ -15,7 +15,7 @@ from episodes.files import atomic_write_text
 from fewshot.evaluation.report import markdown_table, plot_accuracy_vs_shots, read_json, write_csv, write_json
 from fewshot.evaluation.results import EvaluationResult
 
-__all__ = ["check_test_set", "gather_results", "run_label", "write_results"]
+__all__ = ["check_same_test_data", "check_test_set", "gather_results", "run_label", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,23 @@ def check_test_set(test_set: FewShotDataset, *, channels: int, image_size: int,
     if shared:
         log.warning("%d of the %d test classes of %s were also training classes of this run (e.g. %s): the numbers "
                     "are not a test on unseen classes", len(shared), test_set.num_classes, test_set.name, min(shared))
+
+
+def check_same_test_data(results_file: Path, test_set: FewShotDataset) -> None:
+    """Refuse (``ValueError`` saying what changed) to re-test on classes other than those a run was tested on, as
+    recorded in its ``results_file`` (``provenance.test_data``); files without the record are not checked."""
+    tested = read_json(results_file)[1].get("test_data")
+    if not tested:
+        return
+    then = dict(zip(tested["classes"], tested["class_sizes"], strict=True))
+    now = dict(zip(test_set.class_names, test_set.class_sizes.tolist(), strict=True))
+    if then == now:
+        return
+    missing, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+    resized = sorted(c for c in set(then) & set(now) if then[c] != now[c])
+    changes = [f"{len(items)} {what} (e.g. {items[0]})" for items, what in
+               ((missing, "classes missing"), (new, "classes new"), (resized, "classes with another image count"))
+               if items]
+    raise ValueError(f"the test data changed since {results_file} was written: {'; '.join(changes)}; the re-test "
+                     "would not score the same episodes. Restore the data the run was tested on, or test on these "
+                     "classes explicitly with test_dataset=<option>")
