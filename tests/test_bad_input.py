@@ -75,3 +75,14 @@ def test_a_retest_on_changed_test_data_is_refused(folders: tuple[Path, Path], tm
     done = fewshot("eval", f"run={run}", "progress=false", check=False)
     assert done.returncode == 2 and "the test data changed since" in last_line(done)
     assert "classes missing" in last_line(done)
+
+
+def test_a_truncated_zip_names_the_file(tmp_path: Path) -> None:
+    import zipfile
+
+    from episodes.datasets import load_omniglot
+
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(zipfile.BadZipFile, match=f"{tmp_path / 'images_background.zip'} is not a readable zip"):
+        load_omniglot(protocol="vinyals", root=tmp_path, split="test", cache_dir=tmp_path / "cache")

@@ -127,7 +127,7 @@ def safe_extract_zip(zip_path: Path, dest: Path) -> list[Path]:
         zipfile.BadZipFile: the file is not a zip or is corrupt.
     """
     zip_path, dest = Path(zip_path), Path(dest)
-    with zipfile.ZipFile(zip_path) as archive:
+    with open_zip(zip_path) as archive:
         members = archive.infolist()
         tops = sorted({_check_member(info, zip_path).parts[0] for info in members if info.filename.strip("/")})
         existing = [top for top in tops if (dest / top).exists()]
@@ -142,3 +142,16 @@ def safe_extract_zip(zip_path: Path, dest: Path) -> list[Path]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return [dest / top for top in tops]
+
+
+def open_zip(path: str | os.PathLike[str]) -> zipfile.ZipFile:
+    """``zipfile.ZipFile(path)`` whose error for a truncated or damaged archive names the file and what to do.
+
+    Raises:
+        zipfile.BadZipFile: not a zip archive, or a damaged one.
+    """
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise zipfile.BadZipFile(f"{path} is not a readable zip archive ({err}): it is truncated or damaged; "
+                                 "download it again (or delete it and pass download=true)") from err

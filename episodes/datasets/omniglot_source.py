@@ -8,7 +8,6 @@ torchvision's layout). :mod:`episodes.datasets.omniglot` turns the decoded sets 
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -17,7 +16,7 @@ import torch
 
 from episodes.datasets import omniglot_embedded as embedded
 from episodes.datasets.cache import encode_names
-from episodes.datasets.download import download_file
+from episodes.datasets.download import download_file, open_zip
 from episodes.datasets.images import decode_image, resize_array
 
 __all__ = ["EXPECTED_LAYOUT", "NATIVE_SIZE", "OMNIGLOT_BASE_URL", "OMNIGLOT_MD5", "SETS", "decode_ink",
@@ -51,7 +50,7 @@ def read_source(source: Path) -> Iterator[tuple[str, bytes]]:
     """Yield ``("Alphabet/characterNN/XXXX_YY", png bytes)`` of every image of a set's zip or folder, sorted
     by name."""
     if source.suffix == ".zip":
-        with zipfile.ZipFile(source) as archive:
+        with open_zip(source) as archive:
             names = {}
             for name in archive.namelist():
                 parts = PurePosixPath(name).parts
