@@ -86,3 +86,20 @@ def test_a_truncated_zip_names_the_file(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(zipfile.BadZipFile, match=f"{tmp_path / 'images_background.zip'} is not a readable zip"):
         load_omniglot(protocol="vinyals", root=tmp_path, split="test", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_a_diverged_training_is_an_error_not_chance_accuracy(folders: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    done = fewshot("train", *dataset_args(folders[0]), *TINY, "trainer.steps=30", "trainer.val_every=0",
+                   "trainer.optimizer.lr=1e12", f"hydra.run.dir={tmp_path}", check=False)
+    assert done.returncode == 2 and "non-finite" in last_line(done)
+    assert "trainer.optimizer.lr" in last_line(done)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_test_settings_change_key_by_key(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    fewshot("eval", f"run={trained_run}", "evaluation.episodes=4", "progress=false", f"hydra.run.dir={tmp_path}")
+    (result,), _ = read_json(tmp_path / "results.json")
+    assert result.spec.episodes == 4 and len(result.learners[0].accuracies) == 4
+    assert result.spec.n_query == read_json(trained_run / "results.json")[0][0].spec.n_query  # the run's own
