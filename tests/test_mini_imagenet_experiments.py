@@ -29,13 +29,17 @@ def short_run(cfg: DictConfig) -> list[str]:
     """Overrides that shorten the run of a composed experiment, read from its trainer, learner and backbone;
     everything else is the experiment file as a user runs it."""
     short = ["evaluation.episodes=2"]
-    if "steps" in cfg.trainer:  # episodic training: validate and checkpoint within the few steps
-        one_step = "inner_steps" in cfg.learner  # second-order inner loops (MAML family): one step is enough
-        steps = 1 if one_step else 2
-        short += [f"trainer.steps={steps}", f"trainer.val_every={steps}", "trainer.val_episodes=2",
-                  "trainer.checkpoint_every=1", "trainer.log_every=1"]
-    if "epochs" in cfg.trainer:  # supervised pretraining: one epoch
-        short.append("trainer.epochs=1")
+    # A two-stage trainer (pretrain_episodic) holds its stages under trainer.pretrain and trainer.episodic.
+    stages = [f"trainer.{k}" for k in ("pretrain", "episodic") if k in cfg.trainer] or ["trainer"]
+    for key in stages:
+        trainer = OmegaConf.select(cfg, key)
+        if "steps" in trainer:  # episodic training: validate and checkpoint within the few steps
+            one_step = "inner_steps" in cfg.learner  # second-order inner loops (MAML family): one step is enough
+            steps = 1 if one_step else 2
+            short += [f"{key}.steps={steps}", f"{key}.val_every={steps}", f"{key}.val_episodes=2",
+                      f"{key}.checkpoint_every=1", f"{key}.log_every=1"]
+        if "epochs" in trainer:  # supervised pretraining: one epoch
+            short.append(f"{key}.epochs=1")
     if OmegaConf.is_interpolation(cfg.backbone, "input_size"):
         # A backbone built for the dataset's image size (ResNet12 on 1280 84x84 images takes minutes on 2 CPU
         # cores): 32x32 keeps the wiring check short. A backbone with a fixed input (conv4_84) keeps 84x84.
