@@ -177,11 +177,11 @@ def evaluate_settings(
     block of the ``batch_size`` episode batches; features and accuracies are gathered in order, so every process
     returns the one-process results bit for bit.
     """
+    device = torch.device(device)
+    _check_learners(learners, device)
     check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
                    embed_chunk=embed_chunk)
-    device = torch.device(device)
     shards = shards or OneProcess()
-    _check_learners(learners, device)
     data = dataset.to(device)
     samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
                 for w, k in settings]

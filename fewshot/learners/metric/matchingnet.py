@@ -22,15 +22,16 @@ class MatchingNet(EmbeddingLearner, MetaLearner):
     argmax picks the class of largest attention mass. It is computed exactly as ``logsumexp`` of the scaled
     cosines of each class's support items minus ``logsumexp`` over the whole support set.
 
-    Without full-context embeddings (``fce=False``) f = g = the backbone. With ``fce=True`` (the paper's
-    appendix): ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i``, a bidirectional LSTM (hidden size D) read over the
-    support set in its given (class-major) order, so a support embedding depends on the other support items
-    but never on the queries; and ``f(x, S)`` is an attention LSTM run for ``fce_steps`` (the paper's K)
-    processing steps on each query alone: ``h^_k, c_k = LSTM([f'(x), r_{k-1}], h_{k-1}, c_{k-1})``,
-    ``h_k = h^_k + f'(x)``, ``r_k = sum_i softmax_i(h_k . g(x_i)) g(x_i)``, f(x, S) = h_K, from zero h, r, c
-    (the paper's LSTM hidden state ``[h, r]`` enters here as input ``r`` beside the hidden ``h``: the same gate
-    function). Queries are never mixed (inductive). Neither LSTM depends on the number of ways or shots: a
-    model trained on one episode shape runs on any other.
+    Without full-context embeddings (``fce=False``) f = g = the backbone (the default :meth:`embed`). With
+    ``fce=True`` (the paper's appendix): ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i``, a bidirectional LSTM
+    (hidden size D) read over the support set in its given (class-major) order, so a support embedding
+    depends on the other support items but never on the queries; and ``f(x, S)`` is an attention LSTM run
+    for ``fce_steps`` (the paper's K) processing steps on each query alone:
+    ``h^_k, c_k = LSTM([f'(x), r_{k-1}], h_{k-1}, c_{k-1})``, ``h_k = h^_k + f'(x)``,
+    ``r_k = sum_i softmax_i(h_k . g(x_i)) g(x_i)``, f(x, S) = h_K, from zero h, r, c (the paper's LSTM hidden
+    state ``[h, r]`` enters here as input ``r`` beside the hidden ``h``: the same gate function). Queries are
+    never mixed (inductive). Neither LSTM depends on the number of ways or shots: a model trained on one
+    episode shape runs on any other.
 
     Args:
         backbone: module with ``forward((N, C, H, W)) -> (N, D)``; with ``fce`` it must say D as ``feature_dim``.
@@ -60,10 +61,6 @@ class MatchingNet(EmbeddingLearner, MetaLearner):
                                 f"{type(backbone).__name__} has none; use a fewshot backbone or set feature_dim")
             self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)  # g
             self.query_lstm = nn.LSTMCell(2 * dim, dim)  # f: input [f'(x), r], hidden h
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features g'(x) = f'(x)."""
-        return self.backbone(x)
 
     def contextual(self, support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-context embeddings (identity without ``fce``).
