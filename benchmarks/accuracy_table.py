@@ -37,6 +37,10 @@ PUBLISHED = {
     "ProtoNet, Conv4": ("Snell et al. 2017", {"5w1s": 98.8, "5w5s": 99.7, "20w1s": 96.0, "20w5s": 98.9}),
     "MAML, Conv4, second order": ("Finn et al. 2017", {"5w1s": 98.7, "5w5s": 99.9, "20w1s": 95.8, "20w5s": 98.9}),
     "first-order MAML, Conv4": ("Finn et al. 2017", {"5w1s": 98.3, "5w5s": 99.2, "20w1s": 89.4, "20w5s": 97.9}),
+    # Checked on the paper's Papers with Code page (a secondary source), not in the paper's table.
+    "Matching Networks, Conv4": ("Vinyals et al. 2016", {"5w1s": 98.1, "5w5s": 98.9, "20w1s": 93.8, "20w5s": 98.5}),
+    # 5w1s and 20w1s checked on Papers with Code; 5w5s and 20w5s not checked.
+    "Relation Network, Conv4": ("Sung et al. 2018", {"5w1s": 99.6, "5w5s": 99.8, "20w1s": 97.6, "20w5s": 99.1}),
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "experiment"
@@ -52,7 +56,9 @@ def collect(method: str, run: Path) -> dict:
     """One row: the accuracies (%), CIs, steps trained, command and wall time of ``run``."""
     config = OmegaConf.load(run / "config.yaml")
     overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
-    planned = int(config.trainer.steps) if config.trainer.kind == "meta" else None
+    stage = config.trainer.get("episodic") or config.trainer  # the meta stage of pretrain-then-episodic
+    planned = int(stage.steps) if "steps" in stage else None
+    epochs = (config.trainer.get("pretrain") or config.trainer).get("epochs")
     source, step = run / "results.json", planned
     if not source.is_file():
         retests = sorted((run / "eval").glob("*/results.json"))
@@ -78,9 +84,34 @@ def collect(method: str, run: Path) -> dict:
         command += f" (stopped after step {step:,}), then python -m fewshot eval run=<its folder> checkpoint=last"
     return {"method": method, "run": run.name, "name": config.name, "cells": cells, "steps_trained": step,
             "steps_planned": planned, "steps_in_experiment_file": file_steps, "command": command,
-            "epochs": config.trainer.get("epochs"),
+            "epochs": None if config.get("backbone_weights") else epochs,
+            "backbone_weights": config.get("backbone_weights"),
+            "transductive": any(r.transductive for result in results for r in result.learners),
             "results_file": str(source.relative_to(run)), "torch": provenance.get("torch_version"),
             "wall_minutes": (span[1] - span[0]).total_seconds() / 60 if span else None}
+
+
+def _row_lines(row: dict) -> list[str]:
+    """The measured line of ``row`` and, for a method with a published number, the published line."""
+    out = []
+    cells = [f"{row['cells'][s]['mean']:.2f} ± {row['cells'][s]['ci95']:.2f}" if s in row["cells"] else "-"
+             for s in SETTINGS]
+    start = "the shared pretrained Conv4 file" if row["backbone_weights"] else None
+    trained = (f"{row['steps_trained']:,} steps" if row["steps_planned"] else
+               f"supervised pretraining, {row['epochs']} epochs" if row["epochs"] else "no training")
+    if start:
+        trained = f"{trained} from {start}" if row["steps_planned"] else f"{start}, no further training"
+    if row["steps_planned"] and row["steps_in_experiment_file"]:
+        trained += f" of the experiment file's {row['steps_in_experiment_file']:,}"
+    wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
+    out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
+    if row["method"] in PUBLISHED:
+        source, paper = PUBLISHED[row["method"]]
+        gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
+                else str(paper[s])
+                for s in SETTINGS]
+        out.append(f"| {row['method']} ({source}) | " + " | ".join(gaps) + " | | |")
+    return out
 
 
 def markdown(rows: list[dict], hardware: str, notes: list[str]) -> str:
@@ -88,25 +119,16 @@ def markdown(rows: list[dict], hardware: str, notes: list[str]) -> str:
            f"Hardware: {hardware}. Accuracy in % over the fixed test episodes (evaluation seed 2017, 15 queries per "
            "class), with the 95% confidence interval; every row is tested on the same episodes of its split.", "",
            "| method | " + " | ".join(SETTINGS) + " | trained | wall (min) |", "|---|" + "---:|" * (len(SETTINGS) + 2)]
-    for row in rows:
-        cells = [f"{row['cells'][s]['mean']:.2f} ± {row['cells'][s]['ci95']:.2f}" if s in row["cells"] else "-"
-                 for s in SETTINGS]
-        trained = (f"{row['steps_trained']:,} steps" if row["steps_planned"] else
-                   f"supervised pretraining, {row['epochs']} epochs")
-        if row["steps_planned"] and row["steps_in_experiment_file"]:
-            trained += f" of the experiment file's {row['steps_in_experiment_file']:,}"
-        wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
-        out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
-        if row["method"] in PUBLISHED:
-            source, paper = PUBLISHED[row["method"]]
-            gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
-                    else str(paper[s])
-                    for s in SETTINGS]
-            out.append(f"| {row['method']} ({source}) | " + " | ".join(gaps) + " | | |")
+    ordered = [r for r in rows if not r["transductive"]] + [r for r in rows if r["transductive"]]
+    for row in ordered:
+        if row["transductive"] and row is next(r for r in ordered if r["transductive"]):
+            out.append("| **transductive** (these use the unlabelled query set: not comparable with the rows above) |"
+                       + " |" * (len(SETTINGS) + 2))
+        out += _row_lines(row)
     out += ["", "Published rows show the paper's number and, in brackets, measured minus published.", "",
             "## Commands", ""]
     out += [f"- {row['method']}: `{row['command']}` (numbers from `{row['run']}/{row['results_file']}`)"
-            for row in rows]
+            for row in ordered]
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(out) + "\n"
@@ -118,7 +140,14 @@ def main() -> None:
     parser.add_argument("--hardware", required=True, help="what the runs ran on, for the table's header")
     parser.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json and OUT/<run>/ are written")
     parser.add_argument("--note", action="append", default=[], help="a remark printed under the table (repeatable)")
+    parser.add_argument("--keep", type=Path, help="an OUT.json written before: its rows (and notes) come first, "
+                        "for runs whose checkpoints are no longer at hand")
     args = parser.parse_args()
+    kept = json.loads(args.keep.read_text()) if args.keep else {"rows": [], "notes": []}
+    for row in kept["rows"]:  # rows of runs from before results recorded these: read from the run's config
+        config = OmegaConf.load(args.out / row["run"] / "config.yaml")
+        row.setdefault("transductive", config.learner.get("bn_mode") == "transductive")  # MAML's batch norm
+        row.setdefault("backbone_weights", config.get("backbone_weights"))
     rows = []
     for spec in args.run:
         method, sep, folder = spec.partition("=")
@@ -129,12 +158,13 @@ def main() -> None:
     for row, spec in zip(rows, args.run, strict=True):
         run = Path(spec.partition("=")[2])
         for name in (*SMALL_FILES, row["results_file"]):
-            if (run / name).is_file():
+            if (run / name).is_file() and (run / name).resolve() != (args.out / run.name / name).resolve():
                 (args.out / run.name / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run / name, args.out / run.name / name)
-    text = markdown(rows, args.hardware, args.note)
+    rows, notes = kept["rows"] + rows, kept["notes"] + args.note
+    text = markdown(rows, args.hardware, notes)
     atomic_write_text(args.out.with_suffix(".json"),
-                      json.dumps({"hardware": args.hardware, "rows": rows, "notes": args.note}, indent=2) + "\n")
+                      json.dumps({"hardware": args.hardware, "rows": rows, "notes": notes}, indent=2) + "\n")
     atomic_write_text(args.out.with_suffix(".md"), text)
     print(text)
 
