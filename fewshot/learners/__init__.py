@@ -9,7 +9,7 @@ Every learner implements :class:`Learner` (``predict(batch) -> logits``, ``trans
 also :class:`MetaLearner`. Configs name the classes re-exported here (``_target_: fewshot.learners.ProtoNet``).
 """
 
-from fewshot.learners.base import EmbeddingLearner, Learner, MetaLearner, OuterOptimizer
+from fewshot.learners.base import EmbeddingLearner, Learner, MetaLearner, MetricLearner, OuterOptimizer
 from fewshot.learners.finetune import BackboneFineTune, FineTune, FrozenFineTune
 from fewshot.learners.gradient import MAML
 from fewshot.learners.metric import ProtoNet
@@ -22,6 +22,7 @@ __all__ = [
     "FrozenFineTune",
     "Learner",
     "MetaLearner",
+    "MetricLearner",
     "OuterOptimizer",
     "ProtoNet",
 ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch, FewShotDataset
@@ -219,3 +220,20 @@ class EmbeddingLearner(Learner):
             return self.predict_features(support, batch.support_y, query, batch.n_way)
         finally:
             self.train(was_training)
+
+
+class MetricLearner(EmbeddingLearner, MetaLearner):
+    """An embedding learner meta-trained episode by episode with the query cross-entropy of its
+    :meth:`predict_features` logits (ProtoNet, Meta-Baseline, DN4, ...); a method with another objective
+    overrides :meth:`meta_loss`."""
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query cross-entropy over all tasks; support and query of every task go through the backbone in one call
+        (in the module's current mode, so batch norm in train mode sees the whole meta-batch).
+
+        Returns:
+            (scalar loss, (B, n_way*n_query, n_way) logits).
+        """
+        support, query = self.embed_episodes(batch)
+        logits = self.predict_features(support, batch.support_y, query, batch.n_way)
+        return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits

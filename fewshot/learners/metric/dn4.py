@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes import EpisodeBatch
-from fewshot.learners.base import EmbeddingLearner, MetaLearner
+from fewshot.learners.base import MetricLearner
 
 __all__ = ["DN4", "image_to_class"]
 
@@ -60,7 +59,7 @@ def image_to_class(query: torch.Tensor, support: torch.Tensor, support_y: torch.
     return torch.stack(scores)
 
 
-class DN4(EmbeddingLearner, MetaLearner):
+class DN4(MetricLearner):
     """Deep Nearest Neighbor Neural Network, DN4 (Li, Wang, Xu, Huo, Gao and Luo, CVPR 2019, "Revisiting Local
     Descriptor based Image-to-Class Measure for Few-shot Learning").
 
@@ -122,14 +121,3 @@ class DN4(EmbeddingLearner, MetaLearner):
         """
         return image_to_class(self.descriptors(query), self.descriptors(support), support_y, n_way,
                               self.k_neighbors)
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query cross-entropy on the image-to-class scores over all tasks; every image of the batch goes
-        through the backbone in one call.
-
-        Returns:
-            (scalar loss, (B, n_way*n_query, n_way) scores).
-        """
-        support, query = self.embed_episodes(batch)
-        logits = self.predict_features(support, batch.support_y, query, batch.n_way)
-        return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits

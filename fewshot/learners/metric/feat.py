@@ -79,10 +79,6 @@ class FEAT(EmbeddingLearner, MetaLearner):
         out = self.attention_dropout(attn.softmax(-1)) @ self.w_v(x)
         return self.norm(x + self.dropout(self.w_o(out)))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features."""
-        return self.backbone(x)
-
     def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
                          n_way: int) -> torch.Tensor:
         """Adapt each task's prototypes, score the queries against them.

@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes import EpisodeBatch
-from fewshot.learners.base import EmbeddingLearner, MetaLearner
+from fewshot.learners.base import MetricLearner
 from fewshot.learners.metric.protonet import prototypes
 
 __all__ = ["MetaBaseline"]
 
 
-class MetaBaseline(EmbeddingLearner, MetaLearner):
+class MetaBaseline(MetricLearner):
     """Meta-Baseline (Chen, Liu, Xu, Darrell and Wang, ICCV 2021, "Meta-Baseline: Exploring Simple
     Meta-Learning for Few-Shot Learning").
 
@@ -41,10 +40,6 @@ class MetaBaseline(EmbeddingLearner, MetaLearner):
         self.backbone = backbone
         self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features."""
-        return self.backbone(x)
-
     def predict_features(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
                          n_way: int) -> torch.Tensor:
         """Score query features against the support centroids.
@@ -56,14 +51,3 @@ class MetaBaseline(EmbeddingLearner, MetaLearner):
         """
         centroids = prototypes(support, support_y, n_way)  # (B, n_way, D)
         return self.scale * (F.normalize(query, dim=-1) @ F.normalize(centroids, dim=-1).transpose(1, 2))
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query cross-entropy over all tasks; support and query of every task go through the backbone in
-        one call (in the module's current mode, so batch norm in train mode sees the whole meta-batch).
-
-        Returns:
-            (scalar loss, (B, n_way*n_query, n_way) logits).
-        """
-        support, query = self.embed_episodes(batch)
-        logits = self.predict_features(support, batch.support_y, query, batch.n_way)
-        return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes import EpisodeBatch
-from fewshot.learners.base import EmbeddingLearner, MetaLearner
+from fewshot.learners.base import MetricLearner
 
 __all__ = ["ProtoNet", "prototypes"]
 
@@ -27,7 +26,7 @@ def prototypes(support: torch.Tensor, support_y: torch.Tensor, n_way: int) -> to
     return onehot.transpose(-1, -2) @ support / counts
 
 
-class ProtoNet(EmbeddingLearner, MetaLearner):
+class ProtoNet(MetricLearner):
     """Prototypical Networks (Snell, Swersky and Zemel, NeurIPS 2017).
 
     Logits are ``-distance / temperature`` between each query embedding and each class prototype (the
@@ -68,14 +67,3 @@ class ProtoNet(EmbeddingLearner, MetaLearner):
             dist = ((query * query).sum(-1, keepdim=True) - 2.0 * query @ protos.transpose(1, 2)
                     + (protos * protos).sum(-1).unsqueeze(1)).clamp_min(0.0)
         return -dist / self.temperature
-
-    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query cross-entropy over all tasks; support and query of every task go through the backbone in
-        one call (in the module's current mode, so batch norm in train mode sees the whole meta-batch).
-
-        Returns:
-            (scalar loss, (B, n_way*n_query, n_way) logits).
-        """
-        support, query = self.embed_episodes(batch)
-        logits = self.predict_features(support, batch.support_y, query, batch.n_way)
-        return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits
