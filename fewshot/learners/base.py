@@ -198,6 +198,24 @@ class EmbeddingLearner(Learner):
             (B, n_way*n_query, n_way) logits.
         """
 
+    def mean_embedding(self, dataset: FewShotDataset, *, chunk: int) -> torch.Tensor:
+        """(D,) float64 mean :meth:`embed` feature of every image of ``dataset`` (e.g. the base classes), in eval
+        mode and without gradients, ``chunk`` images per call, on the device of the learner's parameters and
+        buffers."""
+        device = next(self.buffers(), None)
+        device = device.device if device is not None else next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        total: torch.Tensor | float = 0.0
+        try:
+            with torch.no_grad():
+                for rows in torch.arange(len(dataset)).split(chunk):
+                    x = dataset.to_float(dataset.images[rows.to(dataset.images.device)].to(device))
+                    total = total + self.embed(x).to(torch.float64).sum(0)
+        finally:
+            self.train(was_training)
+        return total / len(dataset)
+
     def embed_episodes(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed the support and query images of every task in one :meth:`embed` call, then split.
 

@@ -119,17 +119,7 @@ class LaplacianShot(EmbeddingLearner):
 
     def fit_base_classes(self, dataset: FewShotDataset) -> None:
         """Set ``base_mean`` to the mean backbone feature (eval mode) of every image of ``dataset``."""
-        was_training = self.training
-        self.eval()
-        total = torch.zeros_like(self.base_mean, dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                for rows in torch.arange(len(dataset)).split(self.chunk_size):
-                    x = dataset.to_float(dataset.images[rows.to(dataset.images.device)].to(self.base_mean.device))
-                    total += self.embed(x).to(torch.float64).sum(0)
-        finally:
-            self.train(was_training)
-        self.base_mean.copy_(total / len(dataset))
+        self.base_mean.copy_(self.mean_embedding(dataset, chunk=self.chunk_size))
         self.base_count.fill_(len(dataset))
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:

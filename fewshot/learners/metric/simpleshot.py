@@ -59,23 +59,8 @@ class SimpleShot(EmbeddingLearner):
     def fit_base_classes(self, dataset: FewShotDataset) -> None:
         """Set ``base_mean`` to the mean backbone feature of every image of ``dataset`` (the training classes),
         in eval mode, ``chunk_size`` images per call; ``base_count`` to the number of images."""
-        was_training = self.training
-        self.eval()
-        device = self.base_mean.device
-        total = torch.zeros_like(self.base_mean, dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                for rows in torch.arange(len(dataset)).split(self.chunk_size):
-                    x = dataset.to_float(dataset.images[rows.to(dataset.images.device)].to(device))
-                    total += self.embed(x).to(torch.float64).sum(0)
-        finally:
-            self.train(was_training)
-        self.base_mean.copy_(total / len(dataset))
+        self.base_mean.copy_(self.mean_embedding(dataset, chunk=self.chunk_size))
         self.base_count.fill_(len(dataset))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) backbone features."""
-        return self.backbone(x)
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         """Apply the feature transform to (..., D) features.
