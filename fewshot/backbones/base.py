@@ -120,3 +120,19 @@ class _Probe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+
+def feature_map_shape_for(backbone: object, user: str) -> tuple[int, int, int]:
+    """(C, h, w) of ``backbone``'s feature maps, for a method (``user``, named in the messages) that compares
+    maps.
+
+    Raises:
+        TypeError: ``backbone`` is not a :class:`Backbone` (no ``forward_features``).
+        NoFeatureMapsError: the backbone has no spatial maps.
+    """
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"{user} compares feature maps and needs a fewshot Backbone (forward_features, "
+                        f"feature_map_shape), got {type(backbone).__name__}; build it with "
+                        "fewshot.backbones.create_backbone")
+    backbone.require_feature_maps(user)
+    return backbone.feature_map_shape()

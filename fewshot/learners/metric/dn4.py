@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.backbones.base import feature_map_shape_for
 from fewshot.learners.base import MetricLearner
 
 __all__ = ["DN4", "image_to_class"]
@@ -84,13 +85,8 @@ class DN4(MetricLearner):
         super().__init__()
         if isinstance(k_neighbors, bool) or not isinstance(k_neighbors, int) or k_neighbors < 1:
             raise ValueError(f"k_neighbors must be a positive integer, got {k_neighbors!r}")
-        if not callable(getattr(backbone, "require_feature_maps", None)):
-            raise TypeError(f"DN4 compares local descriptors of feature maps and needs a fewshot Backbone "
-                            f"(forward_features, feature_map_shape), got {type(backbone).__name__}; build it "
-                            "with fewshot.backbones.create_backbone")
-        backbone.require_feature_maps("DN4")
+        self.map_shape: tuple[int, int, int] = feature_map_shape_for(backbone, "DN4")
         self.backbone = backbone
-        self.map_shape: tuple[int, int, int] = backbone.feature_map_shape()
         self.k_neighbors = k_neighbors
         if self.map_shape[1] * self.map_shape[2] < k_neighbors:
             log.warning("DN4: %dx%d feature maps give a 1-shot class fewer than k_neighbors=%d descriptors; k is "

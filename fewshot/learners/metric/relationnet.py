@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch
+from fewshot.backbones.base import feature_map_shape_for
 from fewshot.learners.base import EmbeddingLearner, MetaLearner
 
 __all__ = ["RelationModule", "RelationNet"]
@@ -113,13 +114,8 @@ class RelationNet(EmbeddingLearner, MetaLearner):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if shot_pooling not in ("sum", "mean"):
             raise ValueError(f"unknown shot_pooling {shot_pooling!r}; use 'sum' (the paper) or 'mean'")
-        if not callable(getattr(backbone, "require_feature_maps", None)):
-            raise TypeError(f"RelationNet compares feature maps and needs a fewshot Backbone (forward_features, "
-                            f"feature_map_shape), got {type(backbone).__name__}; build it with "
-                            "fewshot.backbones.create_backbone")
-        backbone.require_feature_maps("RelationNet")
+        self.map_shape: tuple[int, int, int] = feature_map_shape_for(backbone, "RelationNet")
         self.backbone = backbone
-        self.map_shape: tuple[int, int, int] = backbone.feature_map_shape()
         self.shot_pooling = shot_pooling
         self.relation = RelationModule(self.map_shape, hidden=hidden, fc_hidden=fc_hidden)
 
