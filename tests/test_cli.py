@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fewshot.evaluation import paired_comparison
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -138,9 +140,16 @@ def test_a_multirun_sweep_merges_into_one_table(folders: tuple[Path, Path], tmp_
                                                                ("folder-protonet", "1"), ("folder-protonet", "5")]
     table = (sweep / "report" / "results.md").read_text()
     assert "| method | 3-way 1-shot | 3-way 5-shot |" in table
+    assert "query sets balanced: 3 queries per class" in table
     merged = json.loads((sweep / "report" / "results.json").read_text())["results"]
-    assert [r["learners"][0]["accuracies"] for r in merged] == [
-        accuracies(sweep / job / "results.json")[0] for job in ("0", "1", "2", "3")]
+    # runs on the same episodes are pooled: one result per setting, holding both learners and their paired test
+    assert sorted(accuracy for r in merged for learner in r["learners"] for accuracy in [learner["accuracies"]]) == \
+        sorted(accuracies(sweep / job / "results.json")[0] for job in ("0", "1", "2", "3"))
+    assert [len(r["learners"]) for r in merged] == [2, 2]
+    for r in merged:
+        a, b = (learner["accuracies"] for learner in r["learners"])
+        assert r["comparisons"][0]["mean_difference"] == pytest.approx(paired_comparison(a, b).mean_difference)
+    assert "| folder-" in (sweep / "report" / "comparisons.md").read_text()
 
 
 @pytest.mark.slow

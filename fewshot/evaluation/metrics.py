@@ -236,3 +236,26 @@ def paired_comparison(a: ArrayLike, b: ArrayLike, *, permutations: int = 0, seed
         ci95_low=mean_d - half, ci95_high=mean_d + half, t_statistic=t, p_value=p,
         permutation_p_value=perm_p, permutations=used,
     )
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (Holm 1979) of ``p_values`` from a family of tests, in their given order.
+
+    The i-th smallest p-value is multiplied by (m - i + 1), made non-decreasing along the sorted order and capped
+    at 1; rejecting every adjusted p-value below alpha controls the family-wise error rate at alpha.
+
+    Args:
+        p_values: m raw p-values in [0, 1].
+    Returns:
+        m adjusted p-values, in the order of ``p_values``.
+    """
+    values = [float(p) for p in p_values]
+    if any(not 0.0 <= p <= 1.0 for p in values):
+        raise ValueError(f"p-values must lie in [0, 1], got {values}")
+    m = len(values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=values.__getitem__)):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted

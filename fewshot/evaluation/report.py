@@ -25,6 +25,7 @@ import torch
 from episodes import FewShotDataset
 from episodes.files import atomic_write, atomic_write_text
 from fewshot._version import __version__
+from fewshot.evaluation.metrics import holm_adjust
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,33 @@ def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, di
             transductive |= cell is not None and cell.transductive
         lines.append(f"| {method}{TRANSDUCTIVE_MARK if transductive else ''} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def comparisons_markdown(results: EvaluationResult | Iterable[EvaluationResult], *, alpha: float = 0.05) -> str:
+    """Every paired comparison, one section per episode set: ``A - B`` in points with its 95% interval, the paired
+    t-test's p-value and its Holm adjustment over that episode set's comparisons (:func:`holm_adjust`), whether
+    the difference is significant at ``alpha`` after adjustment, and a mark where a transductive learner is set
+    against an inductive one (the protocols differ, so the test says little about the methods)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    sections = []
+    for result in _as_list(results):
+        if not result.comparisons:
+            continue
+        spec, kinds = result.spec, {r.name: r.transductive for r in result.learners}
+        adjusted = holm_adjust([c.result.p_value for c in result.comparisons])
+        lines = [f"## {_dataset_label(result)} {spec.setting}, {spec.n_query} queries per class, {spec.episodes} "
+                 f"episodes (seed {spec.seed})", "",
+                 f"| A | B | A − B (points) | 95% CI | p | Holm p | significant at {alpha:g} |",
+                 "|---|---|---:|---:|---:|---:|---|"]
+        for comparison, holm in zip(result.comparisons, adjusted, strict=True):
+            c, a, b = comparison.result, comparison.learner_a, comparison.learner_b
+            mixed = " (transductive vs inductive)" if kinds.get(a) != kinds.get(b) else ""
+            lines.append(f"| {a} | {b} | {100 * c.mean_difference:+.2f} | [{100 * c.ci95_low:+.2f}, "
+                         f"{100 * c.ci95_high:+.2f}] | {c.p_value:.2g} | {holm:.2g} | "
+                         f"{'yes' if holm < alpha else 'no'}{mixed} |")
+        sections.append("\n".join(lines))
+    return "# Paired comparisons on identical episodes\n\n" + "\n\n".join(sections) + "\n"
 
 
 def write_markdown(path: str | os.PathLike[str], results: EvaluationResult | Iterable[EvaluationResult], *,

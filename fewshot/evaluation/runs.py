@@ -4,6 +4,8 @@ before a trained run is re-tested on other data."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,22 +14,37 @@ import yaml
 
 from episodes import FewShotDataset
 from episodes.files import atomic_write_text
-from fewshot.evaluation.report import markdown_table, plot_accuracy_vs_shots, read_json, write_csv, write_json
-from fewshot.evaluation.results import EvaluationResult
+from fewshot.evaluation.metrics import paired_comparison
+from fewshot.evaluation.report import (
+    comparisons_markdown,
+    markdown_table,
+    plot_accuracy_vs_shots,
+    read_json,
+    write_csv,
+    write_json,
+)
+from fewshot.evaluation.results import Comparison, EvaluationResult
 
-__all__ = ["check_same_test_data", "check_test_set", "gather_results", "run_label", "write_results"]
+__all__ = ["check_same_test_data", "check_test_set", "gather_results", "pool_same_episodes", "run_label",
+           "write_results"]
 
 log = logging.getLogger(__name__)
 
 
 def write_results(out_dir: Path, results: list[EvaluationResult], provenance: dict[str, Any]) -> None:
     """``results.json`` (with ``provenance``), ``results.csv``, ``results.md`` (starting with the data trained on
-    and tested on) and ``accuracy_vs_shots.png`` in ``out_dir``."""
+    and tested on, and the query sets' class balance), ``comparisons.md`` (every paired test, Holm-adjusted, when
+    there is one) and ``accuracy_vs_shots.png`` in ``out_dir``."""
     write_json(out_dir / "results.json", results, provenance=provenance)
     write_csv(out_dir / "results.csv", results)
     pairs = dict.fromkeys((r.train_dataset or "?", r.test_dataset) for r in results)
     lines = "".join(f"- trained on `{train}`, tested on `{test}`\n" for train, test in pairs)
+    queries = sorted({r.spec.n_query for r in results})
+    lines += (f"- query sets balanced: {' or '.join(map(str, queries))} queries per class in every episode (the "
+              "transductive methods' assumption holds)\n")
     atomic_write_text(out_dir / "results.md", f"{lines}\n{markdown_table(results)}")
+    if any(r.comparisons for r in results):
+        atomic_write_text(out_dir / "comparisons.md", comparisons_markdown(results))
     plot_accuracy_vs_shots(out_dir / "accuracy_vs_shots.png", results)
 
 
@@ -50,6 +67,10 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     ``skip`` (e.g. the report's own output folder) always are. Where two runs report the same method name in the
     same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
     so one table holds them all.
+
+    Results of different runs on the same episodes (same dataset, setting, query count, episode count and seed,
+    and the same recorded test classes) are pooled into one :class:`EvaluationResult` holding every pair's paired
+    comparison (:func:`pool_same_episodes`), so any two runs can be compared episode by episode.
     """
     files = sorted(p for p in root.rglob("results.json")
                    if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
@@ -57,15 +78,16 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     if not files:
         raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
                                 "fewshot-train wrote>")
-    loaded = [(path, read_json(path)[0]) for path in files]
+    loaded = [(path, *read_json(path)) for path in files]
     seen: dict[tuple[str, str, str], int] = {}
-    for _, results in loaded:
+    for _, results, _ in loaded:
         for result in results:
             for learner in result.learners:
                 key = (learner.name, result.test_dataset, result.spec.setting)
                 seen[key] = seen.get(key, 0) + 1
     merged = []
-    for path, results in loaded:
+    for path, results, provenance in loaded:
+        tested = json.dumps(provenance.get("test_data"), sort_keys=True)
         for result in results:
             def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
                 clash = seen[name, result.test_dataset, result.spec.setting] > 1
@@ -73,8 +95,44 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
             learners = tuple(dataclasses.replace(r, name=rename(r.name)) for r in result.learners)
             comparisons = tuple(dataclasses.replace(c, learner_a=rename(c.learner_a), learner_b=rename(c.learner_b))
                                 for c in result.comparisons)
-            merged.append(dataclasses.replace(result, learners=learners, comparisons=comparisons))
-    return merged
+            merged.append((tested, dataclasses.replace(result, learners=learners, comparisons=comparisons)))
+    return pool_same_episodes(merged)
+
+
+def pool_same_episodes(results: list[tuple[str, EvaluationResult]]) -> list[EvaluationResult]:
+    """Pool results scored on identical episodes into one result per episode set, in first-seen order.
+
+    Args:
+        results: (test-data key, result) pairs; results with equal keys, specs and datasets were scored on the
+            same episodes (the sampler is a pure function of its seed), so their per-episode accuracies pair up.
+            The key is any string that identifies the test classes (e.g. the recorded ``test_data`` as JSON).
+    Returns:
+        One result per episode set with every learner (names must differ) and every pair's paired t-test, the
+        comparisons already in the inputs kept as they are (they may carry permutation p-values).
+    """
+    groups: dict[tuple, list[EvaluationResult]] = {}
+    for tested, result in results:
+        groups.setdefault((tested, result.spec, result.train_dataset, result.test_dataset), []).append(result)
+    pooled = []
+    for members in groups.values():
+        if len(members) == 1:
+            pooled.append(members[0])
+            continue
+        learners = tuple(learner for member in members for learner in member.learners)
+        names = [learner.name for learner in learners]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two results named alike on the same episodes ({names}); rename the learners")
+        known = {(c.learner_a, c.learner_b): c for member in members for c in member.comparisons}
+        comparisons = tuple(
+            known.get((a.name, b.name)) or Comparison(a.name, b.name, paired_comparison(a.accuracies, b.accuracies))
+            for a, b in itertools.combinations(learners, 2))
+        mixed = sum(a.transductive != b.transductive for a, b in itertools.combinations(learners, 2))
+        if mixed:
+            log.warning("%s %s: %d paired comparisons set a transductive learner (it uses the unlabelled query set) "
+                        "against an inductive one; the two protocols are not comparable (comparisons.md marks them)",
+                        members[0].test_dataset, members[0].spec.setting, mixed)
+        pooled.append(dataclasses.replace(members[0], learners=learners, comparisons=comparisons))
+    return pooled
 
 
 def check_test_set(test_set: FewShotDataset, *, channels: int, image_size: int,

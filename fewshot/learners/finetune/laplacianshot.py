@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes import FewShotDataset
-from fewshot.learners.base import EmbeddingLearner
+from fewshot.learners.feature_transform import TransformedFeatures
 from fewshot.learners.metric.protonet import prototypes
 
 __all__ = ["LaplacianShot", "bound_updates", "knn_affinity", "laplacian_energy"]
@@ -64,7 +63,7 @@ def bound_updates(unary: torch.Tensor, affinity: torch.Tensor, lam: float, itera
     return logits, torch.stack(energies)
 
 
-class LaplacianShot(EmbeddingLearner):
+class LaplacianShot(TransformedFeatures):
     """LaplacianShot (Ziko, Dolz, Granger and Ben Ayed, ICML 2020, "Laplacian Regularized Few-Shot Learning").
 
     Transductive: the query set of each episode is used, unlabelled. A backbone pretrained as a classifier
@@ -100,37 +99,14 @@ class LaplacianShot(EmbeddingLearner):
                  feature_transform: Literal["L2N", "CL2N"] = "CL2N", rectify: bool = True,
                  chunk_size: int = 512) -> None:
         super().__init__()
-        dim = getattr(backbone, "feature_dim", None)
-        if not isinstance(dim, int) or dim < 1:
-            raise TypeError("LaplacianShot needs a backbone with a positive integer `feature_dim` (its output size)")
+        self.init_transform(backbone, feature_transform=feature_transform, chunk_size=chunk_size,
+                            allowed=("L2N", "CL2N"))
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if not isinstance(knn, int) or knn < 2 or not isinstance(iterations, int) or iterations < 0:
             raise ValueError(f"need an integer knn >= 2 and iterations >= 0, got {knn!r} and {iterations!r}")
-        if feature_transform not in ("L2N", "CL2N"):
-            raise ValueError(f"unknown feature_transform {feature_transform!r}; use 'L2N' or 'CL2N'")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.backbone = backbone
         self.lam, self.knn, self.iterations, self.rectify = lam, knn, iterations, bool(rectify)
-        self.feature_transform, self.chunk_size = feature_transform, chunk_size
-        self.register_buffer("base_mean", torch.zeros(dim))
-        self.register_buffer("base_count", torch.zeros((), dtype=torch.int64))
-
-    def fit_base_classes(self, dataset: FewShotDataset) -> None:
-        """Set ``base_mean`` to the mean backbone feature (eval mode) of every image of ``dataset``."""
-        self.base_mean.copy_(self.mean_embedding(dataset, chunk=self.chunk_size))
-        self.base_count.fill_(len(dataset))
-
-    def transform(self, features: torch.Tensor) -> torch.Tensor:
-        """L2N or CL2N of (..., D) features; CL2N raises a ValueError before :meth:`fit_base_classes`."""
-        if self.feature_transform == "CL2N":
-            if int(self.base_count) == 0:
-                raise ValueError("LaplacianShot(feature_transform='CL2N') has no base-class mean: train it with "
-                                 "trainer=pretrain (which calls fit_base_classes), call learner.fit_base_classes("
-                                 "<training classes>), or use feature_transform='L2N'")
-            features = features - self.base_mean
-        return F.normalize(features, dim=-1)
 
     def class_prototypes(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
