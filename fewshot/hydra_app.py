@@ -118,10 +118,14 @@ def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
 
 
 def _refuse(message: str) -> None:
-    """Log ``message``, remove the folder Hydra made for the job if the job wrote nothing there, exit with 2."""
+    """Log ``message``, remove the folder Hydra made for the job if the job wrote nothing there (and the ``eval/``
+    folder of a run that a refused first re-test leaves empty), exit with 2."""
     log.error("%s", message)
     if HydraConfig.initialized():
-        remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        job = Path(HydraConfig.get().runtime.output_dir)
+        remove_if_empty(job)
+        if not job.exists() and job.parent.name == "eval":
+            remove_if_empty(job.parent)
     sys.exit(2)
 
 

@@ -75,6 +75,7 @@ def test_a_retest_on_changed_test_data_is_refused(folders: tuple[Path, Path], tm
     done = fewshot("eval", f"run={run}", "progress=false", check=False)
     assert done.returncode == 2 and "the test data changed since" in last_line(done)
     assert "classes missing" in last_line(done)
+    assert not (run / "eval").exists()  # the refused re-test left no empty folder behind
 
 
 def test_a_truncated_zip_names_the_file(tmp_path: Path) -> None:

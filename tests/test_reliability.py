@@ -342,6 +342,33 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path: P
     assert not no_partial_files(tmp_path)
 
 
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_saying_how_to_resume_and_the_same_command_resumes(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-m", "fewshot", "train", *crash_args(data), f"hydra.run.dir={run}"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.ckpt"
+    try:
+        while not last.exists() and child.poll() is None:
+            time.sleep(0.005)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, out + err
+    printed = out + err
+    assert "Traceback" not in printed
+    [line] = [line for line in printed.splitlines() if "interrupted" in line]
+    assert line.endswith(f"run again with hydra.run.dir={run}")
+    assert not (run / "results.json").exists()
+    stopped_at = torch.load(last, weights_only=True)["step"]
+    proc = run_cli("train", [*crash_args(data), f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert f"resumed from {last} at step {stopped_at}" in proc.stdout
+
+
 # --- safe loading of caches ---------------------------------------------------------------------------------------
 
 def test_malicious_decoded_cache_is_rebuilt_without_running_it(tmp_path: Path,

@@ -3,11 +3,13 @@ run, and a refused run changes nothing in the folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from test_cli import TINY, dataset_args, fewshot, make_folder, output
 
+from fewshot.training import run_dir
 from fewshot.training.run_dir import claim_run_dir
 
 
@@ -39,6 +41,31 @@ def test_a_run_folder_and_its_temporary_files_are_accepted(tmp_path: Path) -> No
     for name in ("config.yaml", "metrics.csv", ".results.json.abc123.tmp", "checkpoints"):
         (tmp_path / name).write_text("")
     claim_run_dir(tmp_path).release()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_with_what_to_do(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(*args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run_dir.os, "open", read_only)  # what a read-only folder does to the lock file
+    with pytest.raises(PermissionError, match=r"cannot write to hydra.run.dir=.*\(Permission denied\).*<folder>"):
+        claim_run_dir(tmp_path / "run")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders; the refusal is tested with a patched os.open above")
+def test_cli_refuses_a_read_only_run_folder_in_one_line(images: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    try:
+        done = fewshot("train", *dataset_args(images), *TINY, f"hydra.run.dir={run}", check=False)
+    finally:
+        run.chmod(0o755)
+    assert done.returncode == 2 and "Traceback" not in output(done)
+    assert "cannot write to hydra.run.dir=" in output(done).strip().splitlines()[-1]
+    assert list(run.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

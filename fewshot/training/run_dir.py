@@ -57,6 +57,11 @@ def _foreign(folder: Path) -> list[str]:
                   if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
+def _unwritable(path: Path, option: str, err: OSError) -> PermissionError:
+    return PermissionError(f"cannot write to {option}={path} ({err.strerror or err}): it is read-only or not yours; "
+                           f"pass a folder you can write to with {option}=<folder>")
+
+
 def claim_run_dir(path: Path, *, option: str = "hydra.run.dir") -> RunLock:
     """Claim ``path`` (created if missing) as this process's run directory.
 
@@ -68,11 +73,15 @@ def claim_run_dir(path: Path, *, option: str = "hydra.run.dir") -> RunLock:
     Raises:
         ValueError: ``path`` is a file, holds files a run does not write, or is being written by another
             process. Nothing in ``path`` is changed then.
+        PermissionError: ``path`` cannot be created or written (a read-only folder or file system).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option}={path} is a file, not a folder; pass a new or empty folder")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(path, option, err) from err
     foreign = _foreign(path)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -80,7 +89,10 @@ def claim_run_dir(path: Path, *, option: str = "hydra.run.dir") -> RunLock:
                          "nothing was written there: pass a new or empty folder")
     if fcntl is None:
         return RunLock(path, None)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise _unwritable(path, option, err) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
