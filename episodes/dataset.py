@@ -40,6 +40,16 @@ class FewShotDataset:
             raise ValueError(f"{self.name}: offsets must start at 0 and end at len(images)={len(self.images)}")
         if len(self.class_names) and bool((self.offsets[1:] <= self.offsets[:-1]).any()):
             raise ValueError(f"{self.name}: every class needs at least one image")
+        if len(set(self.class_names)) != len(self.class_names):
+            twice = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+            raise ValueError(f"{self.name}: class names must be unique, {twice[:3]} appear more than once")
+        if len(self.mean) != len(self.std) or not all(s > 0 and s != float("inf") for s in self.std):
+            raise ValueError(f"{self.name}: need one finite std > 0 per mean, got mean={self.mean}, std={self.std}")
+        channels = self.images.shape[1] if self.images.dtype == torch.uint8 and self.images.ndim == 4 else None
+        if channels is not None and len(self.mean) not in (1, channels):
+            allowed = "1" if channels == 1 else f"1 or {channels}"
+            raise ValueError(f"{self.name}: {len(self.mean)} normalisation values for {channels}-channel images; give "
+                             f"{allowed}")
 
     @staticmethod
     def from_tensors(
@@ -94,6 +104,9 @@ class FewShotDataset:
     def subset(self, classes: Sequence[int] | torch.Tensor, *, name: str | None = None) -> FewShotDataset:
         """A dataset holding only ``classes`` (indices into this one), in the given order."""
         classes = torch.as_tensor(classes, dtype=torch.int64).cpu()
+        if classes.ndim != 1 or bool(((classes < 0) | (classes >= self.num_classes)).any()):
+            raise ValueError(f"{self.name}: subset needs a list of class indices in [0, {self.num_classes}), got "
+                             f"{classes.tolist()}")
         offsets = self.offsets.cpu()
         index = torch.cat([torch.arange(int(offsets[c]), int(offsets[c + 1])) for c in classes.tolist()])
         sizes = (offsets[classes + 1] - offsets[classes])

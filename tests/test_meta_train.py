@@ -177,3 +177,15 @@ def test_without_a_run_directory_nothing_is_written(tmp_path: Path, monkeypatch:
     _, result = train(None, settings=TrainSettings(steps=3, meta_batch=1, log_every=1))
     assert [r["step"] for r in result.history] == [1.0, 2.0, 3.0]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"lr": -1.0}, "finite number > 0"), ({"lr": float("nan")}, "finite number > 0"),
+    ({"name": "adamw"}, "use one of \\['adam', 'sgd'\\]"), ({"schedule": "exp"}, "outer optimizer schedule"),
+    ({"momentum": 1.5}, "momentum < 1"), ({"weight_decay": -0.1}, "weight_decay >= 0"),
+    ({"gamma": 0.0}, "0 < gamma <= 1"), ({"step_size": 0}, "step_size >= 1"), ({"total_steps": -1}, "total_steps"),
+    ({"grad_clip": 0.0}, "grad_clip must be > 0"),
+])
+def test_outer_optimizer_settings_are_checked_when_built(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OuterOptimizer(**settings)

@@ -181,6 +181,8 @@ def evaluate_settings(
     _check_learners(learners, device)
     check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
                    embed_chunk=embed_chunk)
+    if not isinstance(permutations, int) or permutations < 0:
+        raise ValueError(f"permutations must be an integer >= 0 (0 skips the permutation test), got {permutations!r}")
     shards = shards or OneProcess()
     data = dataset.to(device)
     samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)

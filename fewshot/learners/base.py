@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -24,8 +25,9 @@ class OuterOptimizer:
         lr: base learning rate.
         weight_decay: L2 penalty passed to the optimizer.
         momentum: SGD momentum (ignored by Adam).
-        schedule: ``"constant"``, ``"step"`` (multiply by ``gamma`` every ``step_size`` steps)
-            or ``"cosine"`` (to zero over ``total_steps``).
+        schedule: ``"constant"``, ``"step"`` (multiply by ``gamma`` every ``step_size`` steps),
+            ``"cosine"`` (to zero over ``total_steps``) or ``"linear"`` (``lr * (1 - step / total_steps)``: to
+            zero over ``total_steps``, Reptile's annealing).
         step_size, gamma: the step schedule.
         total_steps: length of the cosine schedule.
         grad_clip: clip the global gradient norm to this value; ``None`` disables clipping.
@@ -35,11 +37,28 @@ class OuterOptimizer:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    schedule: Literal["constant", "step", "cosine"] = "constant"
+    schedule: Literal["constant", "step", "cosine", "linear"] = "constant"
     step_size: int = 2000
     gamma: float = 0.5
     total_steps: int = 10000
     grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(OuterOptimizer)
+        for key in ("name", "schedule"):
+            allowed = typing.get_args(hints[key])
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"unknown outer optimizer {key} {getattr(self, key)!r}; use one of {list(allowed)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the outer learning rate must be a finite number > 0, got lr={self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or not 0 <= self.momentum < 1:
+            raise ValueError(f"need weight_decay >= 0 and 0 <= momentum < 1, got {self.weight_decay} and "
+                             f"{self.momentum}")
+        if self.step_size < 1 or not 0 < self.gamma <= 1 or self.total_steps < 0:
+            raise ValueError(f"need step_size >= 1, 0 < gamma <= 1 and total_steps >= 0, got {self.step_size}, "
+                             f"{self.gamma} and {self.total_steps}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (or None for no clipping), got {self.grad_clip}")
 
     def build(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """Create the optimizer over ``params`` and its scheduler (stepped once per meta-step)."""
@@ -57,8 +76,11 @@ class OuterOptimizer:
             total = max(1, self.total_steps)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+        elif self.schedule == "linear":
+            total = max(1, self.total_steps)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - min(s, total) / total)
         else:
-            raise ValueError(f"unknown schedule {self.schedule!r}; use 'constant', 'step' or 'cosine'")
+            raise ValueError(f"unknown schedule {self.schedule!r}; use 'constant', 'step', 'cosine' or 'linear'")
         return opt, sched
 
 

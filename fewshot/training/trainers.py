@@ -208,6 +208,14 @@ class SupervisedPretrainer:
                  distributed: bool = False) -> None:
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+        if optimizer not in ("sgd", "adam") or head not in ("linear", "cosine"):
+            raise ValueError(f"unknown optimizer {optimizer!r} or head {head!r}; use 'sgd' or 'adam', and 'linear' or "
+                             "'cosine'")
+        if not 0 <= momentum < 1 or not weight_decay >= 0 or not 0 < gamma <= 1:
+            raise ValueError(f"need 0 <= momentum < 1, weight_decay >= 0 and 0 < gamma <= 1, got {momentum}, "
+                             f"{weight_decay} and {gamma}")
+        if list(milestones) != sorted(set(milestones)) or any(not 1 <= m <= epochs for m in milestones):
+            raise ValueError(f"milestones must be increasing epochs in [1, epochs={epochs}], got {list(milestones)}")
         self.keywords = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                          "momentum": momentum, "weight_decay": weight_decay, "milestones": tuple(milestones),
                          "gamma": gamma, "head": head, "augment": augment}

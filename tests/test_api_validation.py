@@ -1,0 +1,60 @@
+"""The Python API refuses, where a value enters, what would later give a wrong number or a crash deep inside torch;
+each error says what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from episodes import FewShotDataset
+from fewshot.backbones import create_backbone
+from fewshot.evaluation import evaluate
+from fewshot.learners import ProtoNet
+from fewshot.training.trainers import SupervisedPretrainer
+
+IMAGES = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
+OFFSETS = torch.arange(0, 41, 4)
+NAMES = tuple(f"c{i}" for i in range(10))
+
+
+def dataset() -> FewShotDataset:
+    return FewShotDataset(IMAGES, OFFSETS, NAMES, "tiny")
+
+
+CASES: list[tuple[str, Callable[[], object], str]] = [
+    ("a std of 0 (division by zero in to_float)",
+     lambda: FewShotDataset(IMAGES, OFFSETS, NAMES, "tiny", std=(0.0,)), "finite std > 0"),
+    ("three channel statistics for grey images",
+     lambda: FewShotDataset(IMAGES, OFFSETS, NAMES, "tiny", mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 1.0)),
+     "3 normalisation values for 1-channel images; give 1"),
+    ("two classes of one name (re-tests match classes by name)",
+     lambda: FewShotDataset(IMAGES, OFFSETS, ("a",) * 10, "tiny"), "class names must be unique"),
+    ("a subset of classes that do not exist", lambda: dataset().subset([3, 99]), r"class indices in \[0, 10\)"),
+    ("pretraining milestones out of order",
+     lambda: SupervisedPretrainer(epochs=10, batch_size=8, lr=0.1, milestones=[5, 2]), "increasing epochs"),
+    ("a milestone after the last epoch",
+     lambda: SupervisedPretrainer(epochs=10, batch_size=8, lr=0.1, milestones=[12]), r"in \[1, epochs=10\]"),
+    ("a learning-rate factor of 0", lambda: SupervisedPretrainer(epochs=1, batch_size=8, lr=0.1, gamma=0.0),
+     "0 < gamma <= 1"),
+    ("a negative momentum", lambda: SupervisedPretrainer(epochs=1, batch_size=8, lr=0.1, momentum=-1.0),
+     "0 <= momentum < 1"),
+    ("an unknown pretraining optimizer",
+     lambda: SupervisedPretrainer(epochs=1, batch_size=8, lr=0.1, optimizer="adamw"), "unknown optimizer"),
+    ("a negative number of permutations, refused before any episode is scored",
+     lambda: evaluate({"p": ProtoNet(create_backbone("conv4", hidden=8, in_channels=1, input_size=16))}, dataset(),
+                      n_way=3, n_shot=1, n_query=1, episodes=4, seed=0, progress=False, permutations=-1),
+     "permutations must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize(("what", "build", "message"), CASES, ids=[case[0] for case in CASES])
+def test_bad_values_are_refused_where_they_enter(what: str, build: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_float_features_need_no_image_statistics() -> None:
+    features = torch.randn(40, 5)
+    assert dataset().with_images(features).images.dtype == torch.float32  # (N, D) features are not images
