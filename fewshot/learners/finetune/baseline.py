@@ -92,7 +92,7 @@ class FineTune(Learner):
             raise ValueError(f"unknown head {head!r}; use 'linear' or 'cosine'")
         if finetune_backbone not in ("none", "all", "last"):
             raise ValueError(f"unknown finetune_backbone {finetune_backbone!r}; use 'none', 'all' or 'last'")
-        if steps < 0 or not lr > 0 or weight_decay < 0 or not scale > 0 or backbone_lr_mult < 0:
+        if steps < 0 or not lr > 0 or not weight_decay >= 0 or not scale > 0 or not backbone_lr_mult >= 0:
             raise ValueError("need steps >= 0, lr > 0, weight_decay >= 0, scale > 0 and backbone_lr_mult >= 0; got "
                              f"{steps}, {lr}, {weight_decay}, {scale}, {backbone_lr_mult}")
         resolve_batched(batched, torch.device("cpu"))  # validates the value

@@ -81,7 +81,7 @@ class TIM(EmbeddingLearner):
         super().__init__()
         if not temperature > 0 or not lr > 0:
             raise ValueError(f"temperature and lr must be positive, got {temperature} and {lr}")
-        if min(ce_weight, marginal_weight, conditional_weight) < 0:
+        if not all(w >= 0 for w in (ce_weight, marginal_weight, conditional_weight)):
             raise ValueError("ce_weight, marginal_weight and conditional_weight must be >= 0, got "
                              f"{ce_weight}, {marginal_weight}, {conditional_weight}")
         if not isinstance(steps, int) or steps < 0:
