@@ -9,6 +9,7 @@ config (``config.yaml`` resolved, ``.hydra/``), the log, ``metrics.csv``, ``chec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from contextlib import nullcontext
@@ -34,6 +35,7 @@ from fewshot.evaluation import (
     plot_learning_curve,
     write_results,
 )
+from fewshot.evaluation.ledger import ledger_entry
 from fewshot.hydra_app import app_main, in_processes, output_dir, record
 from fewshot.learners import Learner
 from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, TrainingData, check_resume
@@ -91,6 +93,9 @@ def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, devic
 def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, device: torch.device,
             test_set: FewShotDataset, history: list[dict[str, float]] | None = None) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.get("ledger") is not None:  # the experiment's published numbers: every table marks its cells against them
+        results = [dataclasses.replace(r, learners=tuple(dataclasses.replace(x, ledger=cfg.ledger) for x in r.learners))
+                   for r in results]
     write_results(out_dir, results, collect_provenance(config=config, seed=cfg.seed, device=str(device),
                                                        test_set=test_set))
     if history:
@@ -102,6 +107,8 @@ def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, dev
 def train(cfg: DictConfig) -> None:
     """Train the learner with the trainer of ``cfg.trainer``, then test it; see ``configs/train.yaml``.
     With ``trainer.distributed=true`` under torchrun or srun, every process runs this; rank 0 writes the files."""
+    if cfg.get("ledger") is not None:
+        ledger_entry(cfg.ledger)  # an unknown id is refused before anything runs
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     in_processes(trainer.distributed, functools.partial(_train, cfg, trainer))
 

@@ -25,6 +25,7 @@ import torch
 from episodes import FewShotDataset
 from episodes.files import atomic_write, atomic_write_text
 from fewshot._version import __version__
+from fewshot.evaluation.ledger import ledger_entry, verdict
 from fewshot.evaluation.metrics import holm_adjust
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
@@ -167,18 +168,40 @@ def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[
 TRANSDUCTIVE_MARK = " (transductive)"
 
 
+def _published(results: list[EvaluationResult]) -> dict[tuple[str, str], float]:
+    """{(method, column): published %} for the cells whose learner names a ledger entry with a number there."""
+    datasets = list(dict.fromkeys(_dataset_label(r) for r in results))
+    found = {}
+    for result in results:
+        setting = result.spec.setting
+        column = setting if len(datasets) == 1 else f"{_dataset_label(result)} {setting}"
+        for learner in result.learners:
+            if learner.ledger is not None:
+                number = ledger_entry(learner.ledger).published(result.test_dataset, result.spec.n_way,
+                                                                 result.spec.n_shot)
+                if number is not None:
+                    found[learner.name, column] = number
+    return found
+
+
 def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, digits: int = 2) -> str:
     """A table for a paper: ``| method | 5-way 1-shot | ... |`` with cells ``98.80 ± 0.21`` (percent,
     mean ± 95% half-width); ``–`` where a method was not run in a setting. Methods that used the unlabelled
     query set (transductive) come after the inductive ones and carry :data:`TRANSDUCTIVE_MARK` after their
-    name."""
-    methods, columns, cells = _cells(_as_list(results))
+    name. A cell whose result names a reproduction-ledger entry with a published number for its dataset and
+    setting adds the verdict, e.g. ``98.54 ± 0.18 (paper 98.8: below by 0.26)``."""
+    listed = _as_list(results)
+    methods, columns, cells = _cells(listed)
+    published = _published(listed)
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method in methods:
         row, transductive = [], False
         for column in columns:
             cell = cells.get((method, column))
-            row.append("–" if cell is None else f"{100 * cell.mean:.{digits}f} ± {100 * cell.ci95:.{digits}f}")
+            text = "–" if cell is None else f"{100 * cell.mean:.{digits}f} ± {100 * cell.ci95:.{digits}f}"
+            if cell is not None and (method, column) in published:
+                text += f" ({verdict(cell.mean, cell.ci95, published[method, column])})"
+            row.append(text)
             transductive |= cell is not None and cell.transductive
         lines.append(f"| {method}{TRANSDUCTIVE_MARK if transductive else ''} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -40,6 +40,8 @@ class LearnerResult:
         accuracies: (episodes,) float64 query accuracy of each episode, in [0, 1].
         mean, ci95: mean accuracy and 95% half-width from :func:`mean_ci95`, in [0, 1].
         transductive: the learner used the unlabelled query set of each episode (:attr:`Learner.transductive`).
+        ledger: id of the reproduction-ledger entry its experiment reproduces (``fewshot/evaluation/ledger.yaml``),
+            or None; tables then mark each cell against the published number.
     """
 
     name: str
@@ -47,6 +49,7 @@ class LearnerResult:
     mean: float
     ci95: float
     transductive: bool = False
+    ledger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class EvaluationResult:
         return {
             "spec": vars(self.spec).copy(),
             "learners": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "transductive": r.transductive,
-                          "accuracies": r.accuracies.tolist()} for r in self.learners],
+                          "ledger": r.ledger, "accuracies": r.accuracies.tolist()} for r in self.learners],
             "comparisons": [{"learner_a": c.learner_a, "learner_b": c.learner_b, **c.result.to_dict()}
                             for c in self.comparisons],
             "train_dataset": self.train_dataset,
@@ -105,7 +108,8 @@ class EvaluationResult:
         return EvaluationResult(
             spec=EpisodeSpec(**data["spec"]),
             learners=tuple(LearnerResult(r["name"], torch.tensor(r["accuracies"], dtype=torch.float64),
-                                         float(r["mean"]), float(r["ci95"]), bool(r.get("transductive", False)))
+                                         float(r["mean"]), float(r["ci95"]), bool(r.get("transductive", False)),
+                                         r.get("ledger"))
                           for r in data["learners"]),
             comparisons=tuple(comparisons),
             train_dataset=data["train_dataset"],
