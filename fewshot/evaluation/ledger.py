@@ -124,8 +124,8 @@ class Verdict:
 
     def __str__(self) -> str:
         if self.status == "reproduced":
-            return f"paper {self.published:g}: reproduced"
-        return f"paper {self.published:g}: {self.status} by {abs(self.gap):.2f}"
+            return f"paper {self.published}: reproduced"
+        return f"paper {self.published}: {self.status} by {abs(self.gap):.2f}"
 
 
 def verdict(mean: float, ci95: float, published: float) -> Verdict:
