@@ -1,7 +1,16 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
 from fewshot.evaluation.harness import OneProcess, Shards, check_settings, evaluate, evaluate_settings
-from fewshot.evaluation.metrics import PairedComparison, mean_ci95, paired_comparison
+from fewshot.evaluation.metrics import (
+    PairedComparison,
+    SeedEpisodeCI,
+    bootstrap_ci,
+    holm_adjust,
+    mean_ci95,
+    paired_comparison,
+    seed_and_episode_ci,
+    wilcoxon_p_value,
+)
 from fewshot.evaluation.report import (
     collect_provenance,
     csv_rows,
@@ -23,7 +32,9 @@ __all__ = [
     "LearnerResult",
     "OneProcess",
     "PairedComparison",
+    "SeedEpisodeCI",
     "Shards",
+    "bootstrap_ci",
     "check_same_test_data",
     "check_settings",
     "check_test_set",
@@ -32,6 +43,7 @@ __all__ = [
     "evaluate",
     "evaluate_settings",
     "gather_results",
+    "holm_adjust",
     "markdown_table",
     "mean_ci95",
     "paired_comparison",
@@ -39,6 +51,8 @@ __all__ = [
     "plot_learning_curve",
     "read_json",
     "run_label",
+    "seed_and_episode_ci",
+    "wilcoxon_p_value",
     "write_csv",
     "write_json",
     "write_markdown",

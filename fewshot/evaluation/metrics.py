@@ -1,8 +1,10 @@
-"""Accuracy statistics: the one 95% confidence interval used for every reported number, and a
-paired comparison of two learners scored on the same episodes.
+"""Accuracy statistics: the one 95% confidence interval used for every reported number, a paired comparison of two
+learners scored on the same episodes, Holm's adjustment for a family of comparisons, bootstrap intervals, and the
+spread over training seeds.
 
-The Student-t distribution is implemented here (regularised incomplete beta function by a
-continued fraction) so that the library needs no scipy.
+The distributions come from scipy (:mod:`scipy.stats`, :mod:`scipy.special`): the Student-t functions below are
+thin, validated wrappers kept for their callers. The sign-flip permutation test stays in torch so that its seeded
+random patterns, and therefore every stored p-value, are unchanged.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import special, stats
 
 _EXACT_SIGN_FLIP_MAX_N = 16  # up to 2**16 sign patterns are enumerated exactly
-_CF_MAX_ITER = 10_000
-_CF_EPS = 1e-16
-_TINY = 1e-300
+_TIE_TOLERANCE = 1e-9  # |differences| this close (relative to the largest, at least 1) are ties for the rank test
+_BOOTSTRAP_CHUNK = 2**22  # float64 entries per resampling chunk (32 MiB)
 
 ArrayLike = Sequence[float] | torch.Tensor | np.ndarray
 
@@ -37,86 +39,49 @@ def _sample_std(x: torch.Tensor) -> float:
     return 0.0 if bool((x == x[0]).all()) else float(x.std(correction=1))
 
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of I_x(a, b) (modified Lentz evaluation); converges for x < (a+1)/(a+b+2)."""
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    result = d
-    for m in range(1, _CF_MAX_ITER + 1):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > _TINY else _TINY)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > _TINY else _TINY
-            result *= c * d
-        if abs(c * d - 1.0) < _CF_EPS:
-            return result
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
-
-
 def regularized_incomplete_beta(a: float, b: float, x: float, y: float | None = None) -> float:
-    """I_x(a, b) = B(x; a, b) / B(a, b) for a, b > 0 and 0 <= x <= 1.
+    """I_x(a, b) = B(x; a, b) / B(a, b) for a, b > 0 and 0 <= x <= 1 (:func:`scipy.special.betainc`).
 
-    ``y`` may pass ``1 - x`` computed without cancellation (it is used for the symmetric branch).
+    ``y`` may pass ``1 - x`` computed without cancellation: when it is the smaller of the two, the result is
+    ``1 - I_y(b, a)`` from :func:`scipy.special.betaincc`, which keeps the digits that ``1 - y`` would round off.
     """
     if a <= 0 or b <= 0:
         raise ValueError(f"incomplete beta needs a > 0 and b > 0, got a={a}, b={b}")
     y = 1.0 - x if y is None else y
     if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
         raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x}")
-    if x == 0.0:
-        return 0.0
-    if y == 0.0:
-        return 1.0
-    log_front = a * math.log(x) + b * math.log(y) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, y) / b
+    if y < x:
+        return float(special.betaincc(b, a, y))
+    return float(special.betainc(a, b, x))
+
+
+def _check_df(df: float) -> None:
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
 
 
 def student_t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (:data:`scipy.stats.t`)."""
+    _check_df(df)
     if math.isnan(t):
         raise ValueError("t statistic is NaN")
-    if math.isinf(t):
-        return 0.0
-    t2 = t * t
-    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t2), t2 / (df + t2))
+    return min(1.0, 2.0 * float(stats.t.sf(abs(t), df)))
 
 
 def student_t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    tail = 0.5 * student_t_two_sided_p(t, df)
-    return 1.0 - tail if t > 0 else tail
+    """P(T <= t) for Student's t with ``df`` degrees of freedom (:data:`scipy.stats.t`)."""
+    _check_df(df)
+    if math.isnan(t):
+        raise ValueError("t statistic is NaN")
+    return float(stats.t.cdf(t, df))
 
 
 def student_t_ppf(q: float, df: float) -> float:
-    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF).
-
-    Relative error below 1e-10 for df up to 1e7 (log-gamma cancellation grows with df).
-    """
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (:data:`scipy.stats.t`)."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"quantile level must lie in (0, 1), got {q}")
-    if q == 0.5:
-        return 0.0
-    if q < 0.5:
-        return -student_t_ppf(1.0 - q, df)
-    tail = 2.0 * (1.0 - q)  # two-sided tail probability at the answer
-    lo, hi = 0.0, 1.0
-    while student_t_two_sided_p(hi, df) > tail:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if student_t_two_sided_p(mid, df) > tail:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    _check_df(df)
+    return float(stats.t.ppf(q, df))
 
 
 def mean_ci95(values: ArrayLike) -> tuple[float, float]:
@@ -154,6 +119,8 @@ class PairedComparison:
         permutation_p_value: two-sided sign-flip permutation p-value, or None when not computed.
         permutations: sign patterns used: 2**n when enumerated exactly (n <= 16), else the
             number of seeded random patterns; 0 when not computed.
+        wilcoxon_p_value: two-sided Wilcoxon signed-rank p-value (:func:`wilcoxon_p_value`), or None when not
+            computed (also for result files written before this field existed).
     """
 
     n: int
@@ -166,12 +133,14 @@ class PairedComparison:
     p_value: float
     permutation_p_value: float | None
     permutations: int
+    wilcoxon_p_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PairedComparison:
+        """Inverse of :meth:`to_dict`; a dictionary without ``wilcoxon_p_value`` (an older file) reads as None."""
         return PairedComparison(**data)
 
 
@@ -192,8 +161,8 @@ def sign_flip_p_value(differences: ArrayLike, *, permutations: int, seed: int) -
     tolerance = 1e-9 * max(1.0, float(d.abs().sum()))  # sums in another order must still count as ties
     if n <= _EXACT_SIGN_FLIP_MAX_N:
         bits = (torch.arange(2**n).unsqueeze(1) >> torch.arange(n)) & 1
-        stats = ((1 - 2 * bits).to(torch.float64) @ d).abs()
-        return float((stats >= observed - tolerance).sum()) / 2**n, 2**n
+        sums = ((1 - 2 * bits).to(torch.float64) @ d).abs()
+        return float((sums >= observed - tolerance).sum()) / 2**n, 2**n
     if permutations < 1:
         raise ValueError(f"permutations must be >= 1 for n > {_EXACT_SIGN_FLIP_MAX_N}, got {permutations}")
     generator = torch.Generator().manual_seed(seed)
@@ -206,14 +175,67 @@ def sign_flip_p_value(differences: ArrayLike, *, permutations: int, seed: int) -
     return (1 + hits) / (1 + permutations), permutations
 
 
-def paired_comparison(a: ArrayLike, b: ArrayLike, *, permutations: int = 0, seed: int = 0) -> PairedComparison:
+def _snap_ties(d: np.ndarray) -> np.ndarray:
+    """``d`` with magnitudes that agree to within the tie tolerance made equal (and near-zero ones exactly 0).
+
+    Accuracies are multiples of 1/queries, and equal differences computed from different pairs (0.4 - 0.3867 and
+    0.52 - 0.5067 are both 1/75) can disagree in the last bit; a rank test must see them as the ties they are.
+    Sorted magnitudes whose gap is at most the tolerance join one group, represented by its smallest member.
+    """
+    magnitude = np.abs(d)
+    tolerance = _TIE_TOLERANCE * max(1.0, float(magnitude.max()))
+    order = np.argsort(magnitude, kind="stable")
+    ordered = magnitude[order]
+    starts = np.concatenate(([True], np.diff(ordered) > tolerance))
+    snapped = np.empty_like(magnitude)
+    snapped[order] = ordered[starts][np.cumsum(starts) - 1]
+    return np.where(snapped > tolerance, np.copysign(snapped, d), 0.0)
+
+
+def wilcoxon_p_value(differences: ArrayLike) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired ``differences`` (n,) (:func:`scipy.stats.wilcoxon`).
+
+    Zero differences (episodes both learners scored the same; frequent, because accuracies are multiples of
+    1/queries) are handled by Pratt's method (``zero_method="pratt"``, Pratt 1959): the zeros are ranked with the
+    other differences and then contribute to neither rank sum, and the null distribution is adjusted for them.
+    Wilcoxon's original treatment (``"wilcox"``) drops them before ranking, which tests the remaining episodes as
+    if they were the whole sample; Pratt's method keeps every episode in the ranking, so a small non-zero
+    difference ranks low when many episodes showed none, and scipy documents it as the more conservative of the
+    two. If every difference is zero the learners are indistinguishable on these episodes and the p-value is 1
+    (scipy would return NaN).
+
+    Magnitudes equal up to float rounding (1e-9 relative to the largest, at least 1) are ties. scipy's
+    ``method="auto"`` picks the test: the exact null distribution for n <= 50 without ties or zeros, the exact
+    sign-flip distribution for n <= 13 with them, else the normal approximation with tie and zero corrections.
+
+    Args:
+        differences: (n,) per-episode score differences a - b, n >= 1.
+    Returns:
+        The p-value in [0, 1], a Python float.
+    """
+    d = _as_vector(differences, "differences")
+    if len(d) == 0:
+        raise ValueError("the Wilcoxon signed-rank test needs at least one difference, got none")
+    snapped = _snap_ties(d.numpy())
+    if not snapped.any():
+        return 1.0
+    return float(min(1.0, stats.wilcoxon(snapped, zero_method="pratt", alternative="two-sided").pvalue))
+
+
+def paired_comparison(a: ArrayLike, b: ArrayLike, *, permutations: int = 0, seed: int = 0,
+                      wilcoxon: bool = True) -> PairedComparison:
     """Compare two learners scored on the same episodes: paired t-test on the differences a - b.
+
+    The t statistic is mean / (s / sqrt(n)) with the sample standard deviation s (ddof=1), as in
+    :func:`scipy.stats.ttest_rel`, whose p-value it matches; identical differences are handled without scipy's NaN
+    (t = 0 and p = 1 when they are all 0, t = +-inf and p = 0 otherwise).
 
     Args:
         a, b: (n,) per-episode scores of learners A and B on the same episodes, n >= 2.
         permutations: 0 skips the sign-flip permutation test; otherwise it is computed exactly
             for n <= 16 and with this many seeded random sign patterns above.
         seed: seed of the random sign patterns.
+        wilcoxon: also compute the Wilcoxon signed-rank p-value (:func:`wilcoxon_p_value`); False leaves None.
     """
     x, y = _as_vector(a, "a"), _as_vector(b, "b")
     if x.shape != y.shape:
@@ -234,7 +256,7 @@ def paired_comparison(a: ArrayLike, b: ArrayLike, *, permutations: int = 0, seed
     return PairedComparison(
         n=n, mean_a=float(x.mean()), mean_b=float(y.mean()), mean_difference=mean_d,
         ci95_low=mean_d - half, ci95_high=mean_d + half, t_statistic=t, p_value=p,
-        permutation_p_value=perm_p, permutations=used,
+        permutation_p_value=perm_p, permutations=used, wilcoxon_p_value=wilcoxon_p_value(d) if wilcoxon else None,
     )
 
 
@@ -259,3 +281,161 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * values[index]))
         adjusted[index] = running
     return adjusted
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_resampling(resamples: int, seed: int, level: float) -> None:
+    if not _is_integer(resamples) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, e.g. 10000, got {resamples!r}")
+    if not _is_integer(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (the bootstrap must be reproducible), got {seed!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level}")
+
+
+def bootstrap_ci(values: ArrayLike, *, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (:func:`scipy.stats.bootstrap`).
+
+    ``resamples`` samples of n episodes are drawn with replacement by ``numpy.random.default_rng(seed)``, so equal
+    arguments give equal intervals. The percentile method is used rather than BCa: it is defined for any data
+    (BCa's acceleration is undefined when every score is equal and scipy then returns NaN), needs no jackknife
+    (n evaluations of the mean over n - 1 episodes, which is quadratic in the episodes), and for a mean over
+    hundreds of bounded scores the sampling distribution is close to symmetric, so BCa's correction is negligible.
+    Identical values give exactly (value, value).
+
+    Args:
+        values: (n,) per-episode scores, n >= 2.
+        resamples: number of bootstrap samples, >= 1 (e.g. 10000).
+        seed: seed of the generator.
+        level: coverage of the two-sided interval, in (0, 1).
+    Returns:
+        (low, high) as Python floats, in the units of ``values``.
+    """
+    x = _as_vector(values, "values")
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"a bootstrap interval needs at least 2 values, got {n}; evaluate more episodes")
+    _check_resampling(resamples, seed, level)
+    if bool((x == x[0]).all()):
+        return float(x[0]), float(x[0])
+    result = stats.bootstrap((x.numpy(),), np.mean, n_resamples=resamples, batch=max(1, _BOOTSTRAP_CHUNK // n),
+                             confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class SeedEpisodeCI:
+    """Mean accuracy of a method trained with several seeds and tested on the same episodes, with three intervals.
+
+    Attributes:
+        seeds, episodes: the shape of the accuracy table.
+        mean: mean over every seed and episode.
+        episode_ci95_low, episode_ci95_high: 95% Student-t interval over episodes of the seed-averaged
+            per-episode accuracy (df = episodes - 1): the uncertainty from the finite episode sample only.
+        seed_ci95_low, seed_ci95_high: 95% Student-t interval over the per-seed mean accuracies (df = seeds - 1):
+            the variation between training runs.
+        bootstrap_ci95_low, bootstrap_ci95_high: 95% percentile interval of a two-level bootstrap that resamples
+            seeds and episodes together, so both sources of variation are in it.
+        resamples: number of two-level bootstrap samples.
+    """
+
+    seeds: int
+    episodes: int
+    mean: float
+    episode_ci95_low: float
+    episode_ci95_high: float
+    seed_ci95_low: float
+    seed_ci95_high: float
+    bootstrap_ci95_low: float
+    bootstrap_ci95_high: float
+    resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> SeedEpisodeCI:
+        """Inverse of :meth:`to_dict`."""
+        return SeedEpisodeCI(**data)
+
+
+def two_level_bootstrap_means(accuracies: np.ndarray, *, resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap distribution of the mean of a (seeds, episodes) table, resampling seeds and then episodes.
+
+    Each sample draws ``seeds`` row indices and then ``episodes`` column indices with replacement (in that order,
+    from ``numpy.random.default_rng(seed)``, ``2**22 // max(seeds, episodes)`` samples at a time) and takes the
+    mean of the selected rows and columns. The episodes are the same for every seed, so one episode sample is
+    shared by every drawn seed (the crossed, "pigeonhole" bootstrap of Owen 2007): resampling episodes separately
+    within each seed would treat the seeds' scores on one episode as independent and understate the episode
+    variation.
+
+    Args:
+        accuracies: (seeds, episodes) finite scores.
+        resamples: number of samples, >= 1.
+        seed: seed of the generator.
+    Returns:
+        (resamples,) float64 means.
+    """
+    table = np.asarray(accuracies, dtype=np.float64)
+    if table.ndim != 2 or min(table.shape) < 1:
+        raise ValueError(f"accuracies must be a non-empty (seeds, episodes) table, got shape {table.shape}")
+    if not np.isfinite(table).all():
+        raise ValueError("accuracies contain NaN or infinite values; check the per-episode scores")
+    _check_resampling(resamples, seed, 0.5)
+    n_seeds, n_episodes = table.shape
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK // max(n_seeds, n_episodes))
+    means = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        rows = rng.integers(0, n_seeds, size=(size, n_seeds))
+        cols = rng.integers(0, n_episodes, size=(size, n_episodes))
+        offsets = np.arange(size)[:, None]
+        row_counts = np.bincount((rows + n_seeds * offsets).ravel(), minlength=size * n_seeds)
+        col_counts = np.bincount((cols + n_episodes * offsets).ravel(), minlength=size * n_episodes)
+        row_counts = row_counts.reshape(size, n_seeds).astype(np.float64)
+        col_counts = col_counts.reshape(size, n_episodes).astype(np.float64)
+        means[start:start + size] = ((row_counts @ table) * col_counts).sum(axis=1) / (n_seeds * n_episodes)
+    return means
+
+
+def seed_and_episode_ci(accuracies: ArrayLike | Sequence[Sequence[float]], *, resamples: int = 10_000,
+                        seed: int = 0) -> SeedEpisodeCI:
+    """Mean accuracy of a method trained with several seeds, with intervals over episodes, seeds and both.
+
+    Args:
+        accuracies: (seeds, episodes) per-episode accuracies, one row per training seed, every row scored on the
+            same episodes (same episode seed); at least 2 seeds and 2 episodes.
+        resamples: number of two-level bootstrap samples (:func:`two_level_bootstrap_means`).
+        seed: seed of the bootstrap generator.
+    Returns:
+        A :class:`SeedEpisodeCI`. The episode and seed intervals are :func:`mean_ci95` of the per-episode
+        seed means and of the per-seed episode means; both are centred on ``mean`` up to rounding.
+    """
+    table = torch.as_tensor(accuracies, dtype=torch.float64).cpu()
+    if table.ndim != 2:
+        raise ValueError(f"accuracies must be a (seeds, episodes) table, one row per training seed, got shape "
+                         f"{tuple(table.shape)}")
+    n_seeds, n_episodes = table.shape
+    if n_seeds < 2 or n_episodes < 2:
+        raise ValueError(f"accuracies need at least 2 seeds and 2 episodes for an interval over each, got "
+                         f"{n_seeds} seeds and {n_episodes} episodes")
+    if not bool(torch.isfinite(table).all()):
+        raise ValueError("accuracies contain NaN or infinite values; check the per-episode scores")
+    _check_resampling(resamples, seed, 0.95)
+    episode_mean, episode_half = mean_ci95(table.mean(dim=0))
+    seed_mean, seed_half = mean_ci95(table.mean(dim=1))
+    if bool((table == table[0, 0]).all()):
+        low = high = float(table[0, 0])
+    else:
+        means = two_level_bootstrap_means(table.numpy(), resamples=resamples, seed=seed)
+        low, high = (float(q) for q in np.quantile(means, [0.025, 0.975]))
+    return SeedEpisodeCI(
+        seeds=n_seeds, episodes=n_episodes, mean=float(table.mean()),
+        episode_ci95_low=episode_mean - episode_half, episode_ci95_high=episode_mean + episode_half,
+        seed_ci95_low=seed_mean - seed_half, seed_ci95_high=seed_mean + seed_half,
+        bootstrap_ci95_low=low, bootstrap_ci95_high=high, resamples=resamples,
+    )

@@ -210,8 +210,9 @@ def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, di
 def comparisons_markdown(results: EvaluationResult | Iterable[EvaluationResult], *, alpha: float = 0.05) -> str:
     """Every paired comparison, one section per episode set: ``A - B`` in points with its 95% interval, the paired
     t-test's p-value and its Holm adjustment over that episode set's comparisons (:func:`holm_adjust`), whether
-    the difference is significant at ``alpha`` after adjustment, and a mark where a transductive learner is set
-    against an inductive one (the protocols differ, so the test says little about the methods)."""
+    the difference is significant at ``alpha`` after adjustment, a mark where a transductive learner is set
+    against an inductive one (the protocols differ, so the test says little about the methods), and the Wilcoxon
+    signed-rank p-value (unadjusted; ``–`` for comparisons stored before it was computed)."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     sections = []
@@ -222,14 +223,15 @@ def comparisons_markdown(results: EvaluationResult | Iterable[EvaluationResult],
         adjusted = holm_adjust([c.result.p_value for c in result.comparisons])
         lines = [f"## {_dataset_label(result)} {spec.setting}, {spec.n_query} queries per class, {spec.episodes} "
                  f"episodes (seed {spec.seed})", "",
-                 f"| A | B | A − B (points) | 95% CI | p | Holm p | significant at {alpha:g} |",
-                 "|---|---|---:|---:|---:|---:|---|"]
+                 f"| A | B | A − B (points) | 95% CI | p | Holm p | significant at {alpha:g} | Wilcoxon p |",
+                 "|---|---|---:|---:|---:|---:|---|---:|"]
         for comparison, holm in zip(result.comparisons, adjusted, strict=True):
             c, a, b = comparison.result, comparison.learner_a, comparison.learner_b
             mixed = " (transductive vs inductive)" if kinds.get(a) != kinds.get(b) else ""
             lines.append(f"| {a} | {b} | {100 * c.mean_difference:+.2f} | [{100 * c.ci95_low:+.2f}, "
                          f"{100 * c.ci95_high:+.2f}] | {c.p_value:.2g} | {holm:.2g} | "
-                         f"{'yes' if holm < alpha else 'no'}{mixed} |")
+                         f"{'yes' if holm < alpha else 'no'}{mixed} | "
+                         f"{'–' if c.wilcoxon_p_value is None else format(c.wilcoxon_p_value, '.2g')} |")
         sections.append("\n".join(lines))
     return "# Paired comparisons on identical episodes\n\n" + "\n\n".join(sections) + "\n"
 
