@@ -30,18 +30,34 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from episodes.files import atomic_write_text
+from fewshot.evaluation.ledger import load_ledger
 from fewshot.evaluation.report import read_json
 
-# Published Omniglot (Vinyals split) 1000-episode accuracies in %, as listed in issue 7.
-PUBLISHED = {
-    "ProtoNet, Conv4": ("Snell et al. 2017", {"5w1s": 98.8, "5w5s": 99.7, "20w1s": 96.0, "20w5s": 98.9}),
-    "MAML, Conv4, second order": ("Finn et al. 2017", {"5w1s": 98.7, "5w5s": 99.9, "20w1s": 95.8, "20w5s": 98.9}),
-    "first-order MAML, Conv4": ("Finn et al. 2017", {"5w1s": 98.3, "5w5s": 99.2, "20w1s": 89.4, "20w5s": 97.9}),
-    # Checked on the paper's Papers with Code page (a secondary source), not in the paper's table.
-    "Matching Networks, Conv4": ("Vinyals et al. 2016", {"5w1s": 98.1, "5w5s": 98.9, "20w1s": 93.8, "20w5s": 98.5}),
-    # 5w1s and 20w1s checked on Papers with Code; 5w5s and 20w5s not checked.
-    "Relation Network, Conv4": ("Sung et al. 2018", {"5w1s": 99.6, "5w5s": 99.8, "20w1s": 97.6, "20w5s": 99.1}),
+# The reproduction-ledger entry (fewshot/evaluation/ledger.yaml) holding each method's published Omniglot
+# (Vinyals split) accuracies; where each number was checked is the entry's `checked`.
+LEDGER_IDS = {
+    "ProtoNet, Conv4": "protonet-omniglot",
+    "MAML, Conv4, second order": "maml-omniglot",
+    "first-order MAML, Conv4": "fomaml-omniglot",
+    "Matching Networks, Conv4": "matchingnet-omniglot",
+    "Relation Network, Conv4": "relationnet-omniglot",
 }
+
+
+def _short_citation(paper: str) -> str:
+    """``'Snell, Swersky & Zemel 2017, "..."'`` -> ``'Snell et al. 2017'``."""
+    first_author = re.split(r"[,&]", paper, maxsplit=1)[0].strip()
+    year = re.search(r"\b(?:19|20)\d\d\b", paper)
+    return f"{first_author} et al. {year.group(0)}" if year else first_author
+
+
+def published() -> dict[str, tuple[str, dict[str, float]]]:
+    """{method: (short citation, {setting: published %})}, read from the reproduction ledger."""
+    ledger = load_ledger()
+    return {method: (_short_citation(ledger[key].paper), dict(ledger[key].accuracy))
+            for method, key in LEDGER_IDS.items()}
+
+
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "experiment"
 SMALL_FILES = ("config.yaml", ".hydra/overrides.yaml", "metrics.csv", "cli.log", "results.json", "results.md")
@@ -105,8 +121,8 @@ def _row_lines(row: dict) -> list[str]:
         trained += f" of the experiment file's {row['steps_in_experiment_file']:,}"
     wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
     out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
-    if row["method"] in PUBLISHED:
-        source, paper = PUBLISHED[row["method"]]
+    if row["method"] in LEDGER_IDS:
+        source, paper = published()[row["method"]]
         gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
                 else str(paper[s])
                 for s in SETTINGS]
