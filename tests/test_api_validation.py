@@ -3,10 +3,15 @@ each error says what was expected."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from episodes import FewShotDataset
 from fewshot.backbones import create_backbone
@@ -58,3 +63,32 @@ def test_bad_values_are_refused_where_they_enter(what: str, build: Callable[[], 
 def test_float_features_need_no_image_statistics() -> None:
     features = torch.randn(40, 5)
     assert dataset().with_images(features).images.dtype == torch.float32  # (N, D) features are not images
+
+
+LEARNERS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "learner")
+                  .glob("*.yaml"))
+
+
+def float_keywords(option: str) -> tuple[type, dict, list[str]]:
+    """The learner class of ``learner=<option>``, its config's keywords and those the constructor types as float."""
+    with initialize_config_module("fewshot.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"learner={option}"])
+    keywords = {k: v for k, v in OmegaConf.to_container(cfg.learner, resolve=True).items() if k != "_target_"}
+    cls = get_class(cfg.learner._target_)
+    hints = typing.get_type_hints(cls.__init__)
+    return cls, keywords, [k for k in keywords if hints.get(k) in (float, float | None)]
+
+
+@pytest.mark.parametrize("option", LEARNERS)
+def test_every_learner_refuses_nan_for_each_real_valued_setting(option: str) -> None:
+    cls, keywords, names = float_keywords(option)
+    accepted = []
+    for name in names:
+        backbone = create_backbone("conv4", hidden=8, in_channels=1, input_size=28)
+        try:
+            cls(backbone, **{**keywords, name: float("nan")})
+        except (ValueError, TypeError) as err:
+            assert name in str(err), f"{option}: the error for {name}=nan does not name it: {err}"
+        else:
+            accepted.append(name)
+    assert not accepted, f"learner={option} accepts NaN for {accepted}"

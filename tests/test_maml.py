@@ -41,7 +41,7 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, {"anil": True}, {"learn_inner_lr": True}, {"bn_mode": "support"}, {"batched": True},
+    {}, {"inner_params": "head"}, {"learn_inner_lr": True}, {"bn_mode": "support"}, {"batched": True},
     {"first_order": True, "eval_inner_steps": 2},
 ])
 def test_predict_leaves_learner_untouched(kwargs: dict) -> None:
@@ -117,7 +117,7 @@ def test_support_bn_mode_is_not_transductive() -> None:
 
 def test_anil_equals_maml_with_a_frozen_backbone() -> None:
     batch = template_batch(2, seed=4)
-    anil = make(anil=True, inner_lr=0.3)
+    anil = make(inner_params="head", inner_lr=0.3)
     torch.manual_seed(0)
     backbone = TinyNet()
     for p in backbone.parameters():
@@ -151,7 +151,7 @@ def test_invalid_arguments() -> None:
         make(batched="sometimes")
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"first_order": True}, {"anil": True}])
+@pytest.mark.parametrize("kwargs", [{}, {"first_order": True}, {"inner_params": "head"}])
 def test_learns_a_synthetic_task(kwargs: dict) -> None:
     learner = make(inner_lr=0.4, inner_steps=1, eval_inner_steps=3, **kwargs)
     learner.configure_optimizer(OuterOptimizer(lr=3e-3))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["NormPolicy", "batch_norm", "eval_mode", "layer_norm"]
+__all__ = ["BatchMoments", "NormPolicy", "batch_norm", "eval_mode", "layer_norm"]
 
 
 def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *, eps: float,
@@ -145,3 +145,29 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+class BatchMoments(NormPolicy):
+    """:class:`NormPolicy` with batch statistics (from primitives) that also records what each batch-norm layer
+    saw: for every ``F.batch_norm`` call given running statistics, ``moments[id(running_mean)]`` is the (2, C)
+    tensor [mean, unbiased variance] of its input over all but the channel dim, the values a layer in train mode
+    folds into its running statistics. The layers' own statistics are left untouched: a caller that substitutes
+    the running-statistics tensors (``functional_call``) finds each layer's moments by the tensor it passed,
+    and updates what it keeps itself (e.g. running statistics per inner step). Works under ``vmap``: the moments
+    then carry the batch dim of the tasks and must be returned from the vmapped function.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(stats="batch", primitives=True)
+        self.moments: dict[int, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.batch_norm:
+            x, rm, _, _, _, _ = _batch_norm_args(*args, **(kwargs or {}))
+            if rm is not None:
+                if id(rm) in self.moments:
+                    raise ValueError("a batch-norm layer ran twice in one forward pass; statistics kept per layer "
+                                     "need each layer called once (use one module per use)")
+                dims = [0, *range(2, x.dim())]
+                self.moments[id(rm)] = torch.stack([x.mean(dims), x.var(dims)])
+        return super().__torch_function__(func, types, args, kwargs)

@@ -1,7 +1,8 @@
-"""MAML and its variants (first order, ANIL, Meta-SGD step sizes), over the shared functional inner loop."""
+"""MAML and its variants (first order, ANIL, BOIL, Meta-SGD step sizes), over the shared functional inner loop."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -16,6 +17,7 @@ from fewshot.learners.gradient.inner_loop import Params, adapt, map_tasks, resol
 __all__ = ["MAML"]
 
 BNMode = Literal["transductive", "support"]
+InnerParams = Literal["all", "head", "body"]
 
 
 class MAML(MetaLearner):
@@ -26,8 +28,10 @@ class MAML(MetaLearner):
     parameters, and the query cross-entropy of the adapted parameters is the meta-loss.
 
     - ``first_order=True``: first-order MAML (inner gradients treated as constants).
-    - ``anil=True``: ANIL (Raghu et al., ICLR 2020): the inner loop adapts the head only; the backbone
-      features of each task are computed once.
+    - ``inner_params`` (which parameters the inner loop adapts; all of them are meta-learned by the outer loop):
+      ``"all"`` (MAML); ``"head"``: ANIL (Raghu et al., ICLR 2020), the head only, the backbone features of each
+      task computed once; ``"body"``: BOIL (Oh, Yoo, Kim & Yun, ICLR 2021, "BOIL: Towards Representation Change
+      for Few-shot Learning"), the backbone only, the head frozen at its meta-learned value during adaptation.
     - ``learn_inner_lr=True``: Meta-SGD (Li et al. 2017): one learned step size per parameter element
       (a tensor shaped like each adapted parameter, initialised to ``inner_lr``), meta-trained with the rest.
 
@@ -56,7 +60,7 @@ class MAML(MetaLearner):
     """
 
     def __init__(self, backbone: nn.Module, *, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
-                 eval_inner_steps: int = 3, first_order: bool = False, anil: bool = False,
+                 eval_inner_steps: int = 3, first_order: bool = False, inner_params: InnerParams = "all",
                  learn_inner_lr: bool = False, bn_mode: BNMode = "transductive",
                  batched: bool | Literal["auto"] = "auto") -> None:
         super().__init__()
@@ -65,9 +69,11 @@ class MAML(MetaLearner):
             raise TypeError("MAML needs a backbone with an integer `feature_dim` attribute (its output size)")
         if n_way < 2:
             raise ValueError(f"n_way must be at least 2, got {n_way}")
-        if inner_lr < 0 or inner_steps < 0 or eval_inner_steps < 0:
-            raise ValueError(f"inner_lr, inner_steps and eval_inner_steps must be >= 0, got "
+        if not (math.isfinite(inner_lr) and inner_lr >= 0) or inner_steps < 0 or eval_inner_steps < 0:
+            raise ValueError(f"inner_lr (finite), inner_steps and eval_inner_steps must be >= 0, got "
                              f"{inner_lr}, {inner_steps}, {eval_inner_steps}")
+        if inner_params not in ("all", "head", "body"):
+            raise ValueError(f"unknown inner_params {inner_params!r}; use 'all' (MAML), 'head' (ANIL) or 'body' (BOIL)")
         if bn_mode not in ("transductive", "support"):
             raise ValueError(f"unknown bn_mode {bn_mode!r}; use 'transductive' or 'support'")
         resolve_batched(batched, torch.device("cpu"))  # validates the value
@@ -75,9 +81,9 @@ class MAML(MetaLearner):
         self.head = nn.Linear(feature_dim, n_way)
         self.n_way, self.inner_lr = n_way, inner_lr
         self.inner_steps, self.eval_inner_steps = inner_steps, eval_inner_steps
-        self.first_order, self.anil, self.bn_mode, self.batched = first_order, anil, bn_mode, batched
-        self.adapted = [n for n, p in self.named_parameters()
-                        if p.requires_grad and (n.startswith("head.") or not anil)]
+        self.first_order, self.inner_params, self.bn_mode, self.batched = first_order, inner_params, bn_mode, batched
+        self.adapted = [n for n, p in self.named_parameters() if p.requires_grad and (
+            inner_params == "all" or n.startswith("head.") == (inner_params == "head"))]
         self.inner_lrs: nn.ParameterList | None = None
         if learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
@@ -122,7 +128,7 @@ class MAML(MetaLearner):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """One task: support (S, C, H, W), (S,) and query (Q, C, H, W) -> query logits (Q, n_way) and
         (steps,) support losses."""
-        if self.anil:
+        if self.inner_params == "head":
             support_f = self._features(params, support_x, primitives=batched)
             query_f = self._query_features(params, support_x, query_x, primitives=batched)
             adapted, losses = adapt(lambda p: F.cross_entropy(self._head(p, support_f), support_y), params,
