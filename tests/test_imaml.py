@@ -160,7 +160,7 @@ def test_implicit_meta_gradient_equals_finite_differences_at_the_exact_inner_sol
     torch.testing.assert_close(grad, torch.tensor(numeric, dtype=torch.float64), rtol=1e-6, atol=1e-9)
 
 
-def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int) -> torch.Tensor:
+def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int, damping: float = 0.0) -> torch.Tensor:
     """Mean over tasks of (I + H/lam)^-1 grad L_query(phi), H the dense Hessian of the support cross-entropy at phi =
     ``steps`` plain gradient steps on the regularised support loss, all written out here (float64)."""
     names = learner.adapted
@@ -188,7 +188,8 @@ def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int) 
                 phi = phi - learner.inner_lr * grad
             hessian = torch.autograd.functional.hessian(functools.partial(cross_entropy, x=sx, y=sy), phi)
             query_grad = torch.func.grad(cross_entropy)(phi, batch.query_x[i], batch.query_y[i])
-            total += torch.linalg.solve(torch.eye(len(phi), dtype=phi.dtype) + hessian / learner.lam, query_grad)
+            identity = torch.eye(len(phi), dtype=phi.dtype)
+            total += torch.linalg.solve((1 + damping) * identity + hessian / learner.lam, query_grad)
     return total / batch.n_tasks
 
 
@@ -197,6 +198,15 @@ def test_implicit_meta_gradient_equals_the_dense_formula() -> None:
     learner.meta_backward(batch)
     torch.testing.assert_close(head_grads(learner), dense_implicit_gradient(learner, batch, steps=400),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_damped_meta_gradient_solves_the_damped_system() -> None:
+    learner, batch = head_problem(lam=2.0)
+    learner.cg_damping = 1.0  # the authors' code damps the identity (2 I + H / (lam + 10))
+    learner.meta_backward(batch)
+    damped = dense_implicit_gradient(learner, batch, steps=400, damping=1.0)
+    torch.testing.assert_close(head_grads(learner), damped, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(damped, dense_implicit_gradient(learner, batch, steps=400))
 
 
 class SmoothConv(nn.Module):
@@ -343,7 +353,7 @@ def test_non_positive_curvature_warns_and_keeps_a_finite_gradient() -> None:
     ({"lam": 0.0}, "lam"), ({"lam": float("inf")}, "lam"), ({"cg_steps": 0}, "cg_steps"),
     ({"cg_steps": 2.5}, "cg_steps"), ({"cg_tol": 1.0}, "cg_tol"), ({"inner_steps": 0}, "inner_steps"),
     ({"bn_mode": "running"}, "bn_mode"), ({"inner_lr": float("nan")}, "inner_lr"),
-    ({"inner_lr": 1.0, "lam": 2.0}, "inner_lr \\* lam < 2"),
+    ({"inner_lr": 1.0, "lam": 2.0}, "inner_lr \\* lam < 2"), ({"cg_damping": -1.0}, "cg_damping"),
 ])
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -122,8 +122,10 @@ class IMAML(MAML):
     CG that meets non-positive curvature (``I + H / lam`` not positive definite: ``phi`` is not a minimum of the
     regularised support loss) keeps its iterate so far (the query gradient itself if it stopped at once, i.e.
     first-order iMAML) and warns once (``RuntimeWarning``). Measured on Omniglot (Conv4, the paper's settings, the
-    first 20 meta-steps from a random initialisation): 18 to 29 of the 32 tasks of each meta-batch. (The authors'
-    code solves a damped system, ``2 I + H / (lam + 10)``, instead.) Non-finite values raise ``FloatingPointError``.
+    first 20 meta-steps from a random initialisation): 18 to 29 of the 32 tasks of each meta-batch. ``cg_damping``
+    solves the damped system ``((1 + cg_damping) I + H / lam) g = grad`` instead, positive definite whenever the
+    damping exceeds ``H``'s most negative eigenvalue over ``lam`` (the authors' code solves ``2 I + H / (lam + 10)``;
+    the paper's system is ``cg_damping=0``). Non-finite values raise ``FloatingPointError``.
     Not included: the paper's Hessian-free inner solver (iMAML-HF) and a learned ``lam``.
 
     Args:
@@ -134,13 +136,15 @@ class IMAML(MAML):
             eval_inner_steps: in :meth:`predict`.
         cg_steps: at most this many conjugate-gradient updates per task (>= 1); cg_tol: relative residual at
             which CG stops early (in [0, 1)).
+        cg_damping: added to the identity of the implicit system (>= 0; 0 is the paper's).
         bn_mode, batched: as :class:`MAML` (``batched`` vmaps :meth:`predict` over tasks; the meta-gradient is
             computed task by task).
     """
 
     def __init__(self, backbone: nn.Module, *, n_way: int, lam: float = 2.0, inner_lr: float = 0.1,
                  inner_steps: int = 16, eval_inner_steps: int = 16, cg_steps: int = 5, cg_tol: float = 1e-5,
-                 bn_mode: BNMode = "transductive", batched: bool | Literal["auto"] = "auto") -> None:
+                 cg_damping: float = 0.0, bn_mode: BNMode = "transductive",
+                 batched: bool | Literal["auto"] = "auto") -> None:
         super().__init__(backbone, n_way=n_way, inner_lr=inner_lr, inner_steps=inner_steps,
                          eval_inner_steps=eval_inner_steps, bn_mode=bn_mode, batched=batched)
         if not (isinstance(lam, int | float) and not isinstance(lam, bool) and 0 < lam < math.inf):
@@ -155,7 +159,9 @@ class IMAML(MAML):
             raise ValueError(f"cg_steps must be an integer >= 1 (the paper uses 5), got {cg_steps!r}")
         if not (isinstance(cg_tol, int | float) and 0 <= cg_tol < 1):
             raise ValueError(f"cg_tol must be in [0, 1) (a relative residual), got {cg_tol!r}")
-        self.lam, self.cg_steps, self.cg_tol = float(lam), cg_steps, float(cg_tol)
+        if not (isinstance(cg_damping, int | float) and 0 <= cg_damping < math.inf):
+            raise ValueError(f"cg_damping must be a finite number >= 0 (0: the paper's system), got {cg_damping!r}")
+        self.lam, self.cg_steps, self.cg_tol, self.cg_damping = float(lam), cg_steps, float(cg_tol), float(cg_damping)
 
     # ----------------------------------------------------------------- inner problem
     def _inner(self, prior: Params, step_sizes: Mapping[str, torch.Tensor | float], steps: int, batched: bool,
@@ -188,8 +194,9 @@ class IMAML(MAML):
     # ----------------------------------------------------------------- implicit meta-gradient
     def _task_gradient(self, phi: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                        query_grad: torch.Tensor) -> CGResult:
-        """CG on ``(I + H / lam) g = query_grad``, ``H`` the support cross-entropy's Hessian at ``phi`` (whose adapted
-        entries require grad); vectors are the adapted parameters flattened in ``self.adapted`` order."""
+        """CG on ``((1 + cg_damping) I + H / lam) g = query_grad``, ``H`` the support cross-entropy's Hessian at
+        ``phi`` (whose adapted entries require grad); vectors are the adapted parameters flattened in
+        ``self.adapted`` order."""
         inputs = [phi[n] for n in self.adapted]
         support = F.cross_entropy(self._head(phi, self._features(phi, support_x, primitives=False)), support_y)
         grads = torch.autograd.grad(support, inputs, create_graph=True)
@@ -198,7 +205,7 @@ class IMAML(MAML):
         def matvec(v: torch.Tensor) -> torch.Tensor:
             parts = [part.view_as(t) for part, t in zip(v.split(sizes), inputs, strict=True)]
             hv = torch.autograd.grad(grads, inputs, grad_outputs=parts, retain_graph=True, materialize_grads=True)
-            return v + _flat(hv) / self.lam
+            return (1.0 + self.cg_damping) * v + _flat(hv) / self.lam
 
         return conjugate_gradient(matvec, query_grad, max_iter=self.cg_steps, tol=self.cg_tol)
 
