@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fewshot.allocator import tune_allocator
 from fewshot.config_types import check_config_types
 from fewshot.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from fewshot.training.run_dir import claim_run_dir, remove_if_empty
@@ -136,10 +137,13 @@ _TASK_STARTED = [False]
 def app_main(config_name: str, task: Callable[[DictConfig], None]) -> Callable[[], None]:
     """The entry point of one app: Hydra composes ``configs/<config_name>.yaml`` and runs ``task`` under
     :func:`_guard`; a config Hydra cannot compose (unknown key, option or bad value) exits with 2 like every other
-    bad input (Hydra itself exits with 1 after printing the error)."""
+    bad input (Hydra itself exits with 1 after printing the error). Before anything else, the entry point sets
+    glibc's allocator thresholds of its own process (:func:`fewshot.allocator.tune_allocator`; off with
+    ``FEWSHOT_NO_MALLOPT=1``)."""
     app = hydra.main(version_base="1.3", config_path="configs", config_name=config_name)(_guard(task))
 
     def main() -> None:
+        tune_allocator()
         try:
             app()
         except SystemExit as exit_:
