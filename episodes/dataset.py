@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+_PIXEL_VALUES: dict[torch.device, torch.Tensor] = {}
+
+
+def pixel_values(device: torch.device) -> torch.Tensor:
+    """(256,) float32 ``v / 255`` for every uint8 value ``v``, divided on the CPU and cached on ``device``, so that
+    pixels scale to the same bits on every device (CUDA divides by a Python scalar as a multiplication by its
+    reciprocal, which differs from the CPU's quotient in the last bit for about half of the 256 values)."""
+    device = torch.device(device)
+    if device not in _PIXEL_VALUES:
+        _PIXEL_VALUES[device] = (torch.arange(256, dtype=torch.float32) / 255.0).to(device)
+    return _PIXEL_VALUES[device]
+
 
 @dataclass(frozen=True)
 class FewShotDataset:
@@ -143,7 +155,9 @@ class FewShotDataset:
         """
         if x.dtype != torch.uint8:
             return x
-        y = x.float().div_(255.0)  # in place on the fresh float copy: one allocation for the whole batch
+        # CPU: in place on the fresh float copy (one allocation). Elsewhere the CPU's quotients, looked up: a CUDA
+        # division by a scalar rounds differently for half the values.
+        y = x.float().div_(255.0) if x.device.type == "cpu" else pixel_values(x.device)[x.long()]
         if any(m != 0.0 for m in self.mean):
             y.sub_(torch.tensor(self.mean, device=x.device).view(-1, 1, 1))
         if any(s != 1.0 for s in self.std):

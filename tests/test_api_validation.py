@@ -92,3 +92,13 @@ def test_every_learner_refuses_nan_for_each_real_valued_setting(option: str) -> 
         else:
             accepted.append(name)
     assert not accepted, f"learner={option} accepts NaN for {accepted}"
+
+
+def test_pixels_scale_to_the_cpu_quotients_on_every_device() -> None:
+    # On CPU to_float divides; on other devices it looks the CPU's quotients up (CUDA's scalar division multiplies
+    # by the reciprocal). Both routes must give the same bits: checked here with the table on the CPU.
+    from episodes.dataset import pixel_values
+
+    every = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(pixel_values(torch.device("cpu"))[every.long()], every.float() / 255.0)
+    assert torch.equal(dataset().to_float(IMAGES[:4]), IMAGES[:4].float() / 255.0)
