@@ -29,19 +29,11 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from leaderboard import ledger_of  # benchmarks/leaderboard.py
+
 from episodes.files import atomic_write_text
 from fewshot.evaluation.ledger import load_ledger
 from fewshot.evaluation.report import read_json
-
-# The reproduction-ledger entry (fewshot/evaluation/ledger.yaml) holding each method's published Omniglot
-# (Vinyals split) accuracies; where each number was checked is the entry's `checked`.
-LEDGER_IDS = {
-    "ProtoNet, Conv4": "protonet-omniglot",
-    "MAML, Conv4, second order": "maml-omniglot",
-    "first-order MAML, Conv4": "fomaml-omniglot",
-    "Matching Networks, Conv4": "matchingnet-omniglot",
-    "Relation Network, Conv4": "relationnet-omniglot",
-}
 
 
 def _short_citation(paper: str) -> str:
@@ -51,11 +43,15 @@ def _short_citation(paper: str) -> str:
     return f"{first_author} et al. {year.group(0)}" if year else first_author
 
 
-def published() -> dict[str, tuple[str, dict[str, float]]]:
-    """{method: (short citation, {setting: published %})}, read from the reproduction ledger."""
-    ledger = load_ledger()
-    return {method: (_short_citation(ledger[key].paper), dict(ledger[key].accuracy))
-            for method, key in LEDGER_IDS.items()}
+def published(row: dict) -> tuple[str, dict[str, float]] | None:
+    """(short citation, {setting: published %}) of the reproduction-ledger entry (fewshot/evaluation/ledger.yaml)
+    that the experiment file of ``row``'s command names, or None (where each number was checked: the entry's
+    ``checked``)."""
+    key = ledger_of(row["command"], EXPERIMENTS)
+    if key is None:
+        return None
+    entry = load_ledger()[key]
+    return _short_citation(entry.paper), dict(entry.accuracy)
 
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
@@ -121,8 +117,9 @@ def _row_lines(row: dict) -> list[str]:
         trained += f" of the experiment file's {row['steps_in_experiment_file']:,}"
     wall = f"{row['wall_minutes']:.0f}" if row["wall_minutes"] is not None else "-"
     out.append(f"| {row['method']} (measured) | " + " | ".join(cells) + f" | {trained} | {wall} |")
-    if row["method"] in LEDGER_IDS:
-        source, paper = published()[row["method"]]
+    cited = published(row)
+    if cited is not None:
+        source, paper = cited
         gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
                 else str(paper[s])
                 for s in SETTINGS]
