@@ -102,3 +102,15 @@ def test_pixels_scale_to_the_cpu_quotients_on_every_device() -> None:
     every = torch.arange(256, dtype=torch.uint8)
     assert torch.equal(pixel_values(torch.device("cpu"))[every.long()], every.float() / 255.0)
     assert torch.equal(dataset().to_float(IMAGES[:4]), IMAGES[:4].float() / 255.0)
+
+
+def test_a_truncated_pickle_names_the_file(tmp_path: Path) -> None:
+    import pickle
+
+    from episodes.datasets.pickles import read_learn2learn_pickle
+
+    data = {"image_data": torch.zeros(4, 8, 8, 3, dtype=torch.uint8).numpy(), "class_dict": {"n01": [0, 1, 2, 3]}}
+    path = tmp_path / "mini-imagenet-cache-test.pkl"
+    path.write_bytes(pickle.dumps(data)[:200])
+    with pytest.raises(ValueError, match=f"{path} ends before its pickle does"):
+        read_learn2learn_pickle(path)

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from synthetic_datasets import SYNTHETIC_COPIES
 
 from episodes import EpisodeSampler, FewShotDataset
 from fewshot.learners import Learner, MetaLearner, OuterOptimizer
@@ -83,6 +84,9 @@ def data_overrides(loader: DictConfig, image_folder: Path, mini_imagenet: Path, 
         return [f"{key}.loader.root={image_folder}", f"{key}.loader.image_size=12"]
     if loader._target_ == MINI_IMAGENET_LOADER:
         return [f"{key}.loader.root={mini_imagenet}"]
+    if loader._target_ in SYNTHETIC_COPIES:  # tests/synthetic_datasets.py: a small copy in the real layout, 12x12
+        return [f"{key}.loader.root={SYNTHETIC_COPIES[loader._target_](image_folder.parent)}",
+                f"{key}.loader.image_size=12"]
     pytest.fail(f"{loader._target_} needs files (root: ???) and this test has no synthetic copy in its format: add one")
 
 
@@ -192,11 +196,10 @@ def test_every_experiment_composes_and_builds_its_learner(option: str) -> None:
     assert isinstance(trainer, EpisodicTrainer | PretrainThenEpisodic) == isinstance(learner, MetaLearner)
     # A test protocol of at least 600 fixed episodes; a citation; the published numbers (a reproduction-ledger entry,
     # `ledger: <id>`, fewshot/evaluation/ledger.yaml), or a statement that none exist (the README's short job,
-    # omniglot_quick, cites the recipe it shortens and says it has none). "%": a file whose header still quotes its
-    # numbers, until it is migrated to the ledger (tests/test_ledger.py requires the entry).
+    # omniglot_quick, cites the recipe it shortens and says it has none).
     assert cfg.evaluation.episodes >= 600
     assert "20" in text.split("\n")[1]  # the year of the citation
-    assert cfg.get("ledger") is not None or "(published: none)" in text or "%" in text
+    assert cfg.get("ledger") is not None or "(published: none)" in text
     if isinstance(learner, MetaLearner) and hasattr(learner, "n_way"):
         assert cfg.episode.train_n_way == cfg.episode.n_way  # a MAML head is built for one number of ways
 

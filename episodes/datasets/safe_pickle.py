@@ -76,8 +76,19 @@ def load_pickle(source: Path | IO[bytes]) -> object:
     Raises:
         pickle.UnpicklingError: the file names any other global (e.g. ``posix.system``); nothing of
             it is executed.
+        ValueError: the file ends before the pickle does (truncated), naming it.
     """
     if isinstance(source, (str, Path)):
         with open(source, "rb") as handle:
-            return _RestrictedUnpickler(handle, encoding="latin1").load()
-    return _RestrictedUnpickler(source, encoding="latin1").load()
+            return _load(handle, str(source))
+    return _load(source, getattr(source, "name", "the pickle stream"))
+
+
+def _load(handle: IO[bytes], name: str) -> object:
+    try:
+        return _RestrictedUnpickler(handle, encoding="latin1").load()
+    except (EOFError, pickle.UnpicklingError) as err:
+        if isinstance(err, pickle.UnpicklingError) and "truncated" not in str(err):
+            raise  # a refused global: its own message
+        raise ValueError(f"{name} ends before its pickle does: the file is truncated (an interrupted download or "
+                         "copy); fetch or copy it again") from err
