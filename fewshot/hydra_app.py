@@ -102,7 +102,7 @@ def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
             task(cfg)
         except KeyboardInterrupt:
             log.error("interrupted; a training run resumes from its last checkpoint when the same command is "
-                      "run again with hydra.run.dir=%s", HydraConfig.get().runtime.output_dir)
+                      "run again with hydra.run.dir=%s", _job_dir())
             sys.exit(130)
         except torch.cuda.OutOfMemoryError as err:
             _refuse(f"out of GPU memory: {err}\nlower trainer.meta_batch or evaluation.batch_size, or use a "
@@ -122,12 +122,20 @@ def _refuse(message: str) -> None:
     """Log ``message``, remove the folder Hydra made for the job if the job wrote nothing there (and the ``eval/``
     folder of a run that a refused first re-test leaves empty), exit with 2."""
     log.error("%s", message)
-    if HydraConfig.initialized():
-        job = Path(HydraConfig.get().runtime.output_dir)
+    job = _job_dir()
+    if job is not None:
         remove_if_empty(job)
         if not job.exists() and job.parent.name == "eval":
             remove_if_empty(job.parent)
     sys.exit(2)
+
+
+def _job_dir() -> Path | None:
+    """The folder Hydra chose for this job, or None outside a Hydra run (e.g. the guard called from Python)."""
+    if not HydraConfig.initialized():
+        return None
+    folder = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", throw_on_missing=False)
+    return Path(folder) if folder else None
 
 
 #: Set once a task runs: Hydra's exit status 1 before that means the config could not be composed.
