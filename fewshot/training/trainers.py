@@ -214,8 +214,8 @@ class SupervisedPretrainer:
         if not 0 <= momentum < 1 or not weight_decay >= 0 or not 0 < gamma <= 1:
             raise ValueError(f"need 0 <= momentum < 1, weight_decay >= 0 and 0 < gamma <= 1, got {momentum}, "
                              f"{weight_decay} and {gamma}")
-        if list(milestones) != sorted(set(milestones)) or any(not 1 <= m <= epochs for m in milestones):
-            raise ValueError(f"milestones must be increasing epochs in [1, epochs={epochs}], got {list(milestones)}")
+        if list(milestones) != sorted(set(milestones)) or any(m < 1 for m in milestones):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {list(milestones)}")
         self.keywords = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                          "momentum": momentum, "weight_decay": weight_decay, "milestones": tuple(milestones),
                          "gamma": gamma, "head": head, "augment": augment}
