@@ -72,12 +72,13 @@ def collect(method: str, run: Path) -> dict:
     planned = int(stage.steps) if "steps" in stage else None
     epochs = (config.trainer.get("pretrain") or config.trainer).get("epochs")
     source, step = run / "results.json", planned
-    if not source.is_file():
-        retests = sorted((run / "eval").glob("*/results.json"))
-        if not retests:
-            raise FileNotFoundError(f"{run} has no results.json and no re-test under eval/: run "
-                                    f"`python -m fewshot eval run={run} checkpoint=last` first")
+    retests = sorted((run / "eval").glob("*/results.json"))
+    if retests:  # a re-test (e.g. on more episodes, or of a run stopped early) supersedes the run's own test
         source = retests[-1]
+    elif not source.is_file():
+        raise FileNotFoundError(f"{run} has no results.json and no re-test under eval/: run "
+                                f"`python -m fewshot eval run={run} checkpoint=last` first")
+    if not (run / "results.json").is_file():  # stopped before the end of its training
         step = int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["step"])
     results, provenance = read_json(source)
     cells = {}
@@ -94,6 +95,10 @@ def collect(method: str, run: Path) -> dict:
         f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides if not o.startswith("hydra."))
     if step != planned:
         command += f" (stopped after step {step:,}), then python -m fewshot eval run=<its folder> checkpoint=last"
+    elif source != run / "results.json":
+        retest = [str(o) for o in OmegaConf.load(source.parent / ".hydra" / "overrides.yaml")
+                  if not str(o).startswith(("run=", "hydra."))]
+        command += ", then python -m fewshot eval run=<its folder> " + " ".join(retest)
     return {"method": method, "run": run.name, "name": config.name, "cells": cells, "steps_trained": step,
             "steps_planned": planned, "steps_in_experiment_file": file_steps, "command": command,
             "epochs": None if config.get("backbone_weights") else epochs,
