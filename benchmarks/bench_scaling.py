@@ -73,6 +73,7 @@ def _worker(rank: int, world: int, threads: int, port: int, args: argparse.Names
                           LOCAL_RANK=str(rank))
     torch.set_num_threads(threads)
     ctx = fdist.init_distributed(backend="gloo")
+    finished = False
     try:
         learner = build_learner(args.first_order)
         sampler = EpisodeSampler(synthetic_omniglot(), n_way=5, n_shot=1, n_query=15, seed=0)
@@ -88,8 +89,9 @@ def _worker(rank: int, world: int, threads: int, port: int, args: argparse.Names
         elapsed = time.perf_counter() - marks[0]
         if ctx.is_main:
             Path(out).write_text(json.dumps({"seconds": elapsed, "tasks": args.steps * args.meta_batch}))
+        finished = True
     finally:
-        fdist.shutdown_distributed()
+        fdist.shutdown_distributed(finished=finished)
 
 
 def measure(world: int, threads: int, args: argparse.Namespace) -> dict[str, float]:

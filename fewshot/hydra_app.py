@@ -79,6 +79,7 @@ def in_processes(distributed: bool, task: Callable[[DistributedContext | None], 
         task(None)
         return
     ctx = init_distributed()
+    finished = False
     try:
         hydra_cfg = HydraConfig.get()
         if ctx.world_size > 1 and hydra_cfg.mode == RunMode.RUN and not any(
@@ -86,8 +87,9 @@ def in_processes(distributed: bool, task: Callable[[DistributedContext | None], 
             raise ValueError("a distributed run needs one run directory shared by its processes: pass "
                              "hydra.run.dir=<dir>")
         task(ctx)
+        finished = True
     finally:
-        shutdown_distributed()
+        shutdown_distributed(finished=finished)
 
 
 def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:

@@ -100,6 +100,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # the pretraining head is built with the default dtype
     ctx = fdist.init_distributed(backend="gloo")
+    finished = False
     try:
         runs = Path(out) / "runs"
         runs.mkdir(exist_ok=True)
@@ -114,8 +115,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             "pretrain": pretrain(True),
         }
         torch.save(outcome, Path(out) / f"rank{rank}.pt")
+        finished = True
     finally:
-        fdist.shutdown_distributed()
+        fdist.shutdown_distributed(finished=finished)
 
 
 def _free_port() -> int:

@@ -114,9 +114,13 @@ def init_distributed(*, backend: Literal["auto", "gloo", "nccl"] = "auto") -> Di
                               backend=backend)
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (no-op in a one-process run)."""
+def shutdown_distributed(*, finished: bool) -> None:
+    """Leave the process group (no-op in a one-process run). After a run every process ``finished``, they first
+    wait for each other, so that none tears its connections down while another still uses them (a gloo process
+    that exits first can abort its peer); after an error they leave at once (a barrier could wait forever)."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
