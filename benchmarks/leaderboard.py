@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from episodes.files import atomic_write_text
 from fewshot.evaluation.leaderboard import plot_leaderboard, tied_with_best
-from fewshot.evaluation.ledger import ledger_entry, verdict
+from fewshot.evaluation.ledger import cell_verdict
 from fewshot.evaluation.report import comparisons_markdown, read_json
 from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.runs import pool_same_episodes
@@ -75,11 +75,8 @@ def shared_sets(pooled: list[EvaluationResult]) -> dict[tuple[int, int], Evaluat
 def cell_text(result: EvaluationResult, name: str, tied: dict[str, bool]) -> str:
     learner = result[name]
     text = f"{100 * learner.mean:.2f} ± {100 * learner.ci95:.2f}{' ●' if tied[name] else ''}"
-    if learner.ledger is not None:
-        published = ledger_entry(learner.ledger).published(result.test_dataset, result.spec.n_way, result.spec.n_shot)
-        if published is not None:
-            text += f" ({verdict(learner.mean, learner.ci95, published)})"
-    return text
+    judged = cell_verdict(learner, result)
+    return text if judged is None else f"{text} ({judged})"
 
 
 def table_lines(rows: list[dict], sets: dict[tuple[int, int], EvaluationResult]) -> list[str]:

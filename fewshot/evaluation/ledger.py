@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LedgerEntry", "Verdict", "ledger_entry", "load_ledger", "setting_key", "verdict"]
+from fewshot.evaluation.results import EvaluationResult, LearnerResult
+
+__all__ = ["LedgerEntry", "Verdict", "cell_verdict", "ledger_entry", "load_ledger", "setting_key", "verdict"]
 
 _SETTING = re.compile(r"^(\d+)w(\d+)s$")
 _FIELDS = {"method", "paper", "table", "dataset", "backbone", "image_size", "n_query", "episodes", "transductive",
@@ -133,3 +135,12 @@ def verdict(mean: float, ci95: float, published: float) -> Verdict:
     low, high = 100 * (mean - ci95), 100 * (mean + ci95)
     status = "reproduced" if low <= published <= high else ("above" if published < low else "below")
     return Verdict(published, status, 100 * mean - published)
+
+
+def cell_verdict(learner: LearnerResult, result: EvaluationResult) -> Verdict | None:
+    """The verdict of ``learner``'s cell in ``result`` (its episode set) against the published number of the ledger
+    entry it names, or None when it names none or the paper has no number for that dataset and setting."""
+    if learner.ledger is None:
+        return None
+    published = ledger_entry(learner.ledger).published(result.test_dataset, result.spec.n_way, result.spec.n_shot)
+    return None if published is None else verdict(learner.mean, learner.ci95, published)

@@ -25,7 +25,7 @@ import torch
 from episodes import FewShotDataset
 from episodes.files import atomic_write, atomic_write_text
 from fewshot._version import __version__
-from fewshot.evaluation.ledger import ledger_entry, verdict
+from fewshot.evaluation.ledger import Verdict, cell_verdict
 from fewshot.evaluation.metrics import holm_adjust
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
@@ -168,19 +168,17 @@ def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[
 TRANSDUCTIVE_MARK = " (transductive)"
 
 
-def _published(results: list[EvaluationResult]) -> dict[tuple[str, str], float]:
-    """{(method, column): published %} for the cells whose learner names a ledger entry with a number there."""
+def _verdicts(results: list[EvaluationResult]) -> dict[tuple[str, str], Verdict]:
+    """{(method, column): verdict} for the cells whose learner names a ledger entry with a number there."""
     datasets = list(dict.fromkeys(_dataset_label(r) for r in results))
     found = {}
     for result in results:
         setting = result.spec.setting
         column = setting if len(datasets) == 1 else f"{_dataset_label(result)} {setting}"
         for learner in result.learners:
-            if learner.ledger is not None:
-                number = ledger_entry(learner.ledger).published(result.test_dataset, result.spec.n_way,
-                                                                 result.spec.n_shot)
-                if number is not None:
-                    found[learner.name, column] = number
+            judged = cell_verdict(learner, result)
+            if judged is not None:
+                found[learner.name, column] = judged
     return found
 
 
@@ -192,15 +190,15 @@ def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, di
     setting adds the verdict, e.g. ``98.54 ± 0.18 (paper 98.8: below by 0.26)``."""
     listed = _as_list(results)
     methods, columns, cells = _cells(listed)
-    published = _published(listed)
+    verdicts = _verdicts(listed)
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method in methods:
         row, transductive = [], False
         for column in columns:
             cell = cells.get((method, column))
             text = "–" if cell is None else f"{100 * cell.mean:.{digits}f} ± {100 * cell.ci95:.{digits}f}"
-            if cell is not None and (method, column) in published:
-                text += f" ({verdict(cell.mean, cell.ci95, published[method, column])})"
+            if cell is not None and (method, column) in verdicts:
+                text += f" ({verdicts[method, column]})"
             row.append(text)
             transductive |= cell is not None and cell.transductive
         lines.append(f"| {method}{TRANSDUCTIVE_MARK if transductive else ''} | " + " | ".join(row) + " |")
