@@ -16,6 +16,7 @@ from episodes import EpisodeBatch
 from fewshot.learners import OuterOptimizer
 from fewshot.learners.gradient.functional import NormPolicy, eval_mode
 from fewshot.learners.gradient.imaml import IMAML, conjugate_gradient
+from fewshot.learners.gradient.maml import MAML
 
 
 def spd(n: int, condition: float, seed: int) -> torch.Tensor:
@@ -160,9 +161,11 @@ def test_implicit_meta_gradient_equals_finite_differences_at_the_exact_inner_sol
     torch.testing.assert_close(grad, torch.tensor(numeric, dtype=torch.float64), rtol=1e-6, atol=1e-9)
 
 
-def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int, damping: float = 0.0) -> torch.Tensor:
-    """Mean over tasks of (I + H/lam)^-1 grad L_query(phi), H the dense Hessian of the support cross-entropy at phi =
-    ``steps`` plain gradient steps on the regularised support loss, all written out here (float64)."""
+def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int, damping: float = 0.0,
+                            lam_damping: float = 0.0, pull: bool = False) -> torch.Tensor:
+    """Mean over tasks of ((1 + damping) I + H/(lam + lam_damping))^-1 grad L_query(phi), H the dense Hessian of the
+    support cross-entropy at phi = ``steps`` plain gradient steps on the regularised support loss (``pull``: on the
+    support loss alone, then phi <- phi - lr * lam * (phi - theta)), all written out here (float64)."""
     names = learner.adapted
     theta = {n: p.detach() for n, p in learner.named_parameters()}
     sizes = [theta[n].numel() for n in names]
@@ -184,12 +187,14 @@ def dense_implicit_gradient(learner: IMAML, batch: EpisodeBatch, *, steps: int, 
             sx, sy = batch.support_x[i], batch.support_y[i]
             phi = start.clone()
             for _ in range(steps):
-                grad = torch.func.grad(cross_entropy)(phi, sx, sy) + learner.lam * (phi - start)
+                grad = torch.func.grad(cross_entropy)(phi, sx, sy) + (0.0 if pull else learner.lam) * (phi - start)
                 phi = phi - learner.inner_lr * grad
+            if pull:
+                phi = phi - learner.inner_lr * learner.lam * (phi - start)
             hessian = torch.autograd.functional.hessian(functools.partial(cross_entropy, x=sx, y=sy), phi)
             query_grad = torch.func.grad(cross_entropy)(phi, batch.query_x[i], batch.query_y[i])
             identity = torch.eye(len(phi), dtype=phi.dtype)
-            total += torch.linalg.solve((1 + damping) * identity + hessian / learner.lam, query_grad)
+            total += torch.linalg.solve((1 + damping) * identity + hessian / (learner.lam + lam_damping), query_grad)
     return total / batch.n_tasks
 
 
@@ -207,6 +212,29 @@ def test_damped_meta_gradient_solves_the_damped_system() -> None:
     damped = dense_implicit_gradient(learner, batch, steps=400, damping=1.0)
     torch.testing.assert_close(head_grads(learner), damped, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(damped, dense_implicit_gradient(learner, batch, steps=400))
+
+
+def test_the_authors_pull_variant_solves_their_damped_system_at_their_inner_solution() -> None:
+    """inner_problem="pull": plain gradient steps, one pull step, then ((1 + 1) I + H / (lam + 10)) g = grad."""
+    learner, batch = head_problem(lam=2.0)
+    learner.inner_problem, learner.cg_damping, learner.lam_damping, learner.inner_steps = "pull", 1.0, 10.0, 20
+    learner.meta_backward(batch)
+    expected = dense_implicit_gradient(learner, batch, steps=20, damping=1.0, lam_damping=10.0, pull=True)
+    torch.testing.assert_close(head_grads(learner), expected, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(expected, dense_implicit_gradient(learner, batch, steps=20, damping=1.0, pull=True))
+    assert not torch.allclose(expected, dense_implicit_gradient(learner, batch, steps=20, damping=1.0,
+                                                                lam_damping=10.0))
+
+
+def test_the_pull_variant_predicts_with_plain_gradient_steps() -> None:
+    """predict under "pull" adapts on the support loss alone (the authors' accuracy script runs with lam 0)."""
+    learner, batch = head_problem(lam=2.0)
+    learner.inner_problem, learner.eval_inner_steps = "pull", 7
+    maml = MAML(learner.backbone, n_way=3, inner_lr=0.2, inner_steps=7, eval_inner_steps=7).double()
+    maml.head.load_state_dict(learner.head.state_dict())
+    torch.testing.assert_close(learner.predict(batch), maml.predict(batch), rtol=1e-12, atol=1e-12)
+    learner.inner_problem = "proximal"
+    assert not torch.allclose(learner.predict(batch), maml.predict(batch))
 
 
 class SmoothConv(nn.Module):
@@ -300,7 +328,7 @@ def make(seed: int = 0, **kwargs) -> IMAML:
                                         **kwargs})
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"bn_mode": "support"}, {"batched": True}])
+@pytest.mark.parametrize("kwargs", [{}, {"bn_mode": "support"}, {"batched": True}, {"inner_problem": "pull"}])
 def test_predict_leaves_learner_untouched(kwargs: dict) -> None:
     learner = make(**kwargs)
     learner.configure_optimizer(OuterOptimizer(lr=1e-3))
@@ -320,15 +348,20 @@ def test_predict_leaves_learner_untouched(kwargs: dict) -> None:
     assert learner.transductive == (learner.bn_mode == "transductive")
 
 
-def test_learns_a_synthetic_task() -> None:
-    learner = make()
+@pytest.mark.parametrize(("kwargs", "gain"), [
+    ({}, 0.1),
+    # predict adapts without the pull: 0.84 before meta-training already
+    ({"inner_problem": "pull", "cg_damping": 1.0, "lam_damping": 10.0}, 0.03),
+])
+def test_learns_a_synthetic_task(kwargs: dict, gain: float) -> None:
+    learner = make(**kwargs)
     learner.configure_optimizer(OuterOptimizer(lr=3e-3))
     test = template_batch(20, seed=10_000)
     start = (learner.predict(test).argmax(-1) == test.query_y).float().mean().item()
     for step in range(30):
         learner.meta_train_step(template_batch(4, seed=step))
     accuracy = (learner.predict(test).argmax(-1) == test.query_y).float().mean().item()
-    assert accuracy > 0.6 and accuracy > start + 0.1, (start, accuracy)
+    assert accuracy > 0.6 and accuracy > start + gain, (start, accuracy)
 
 
 # ----------------------------------------------------------------------------- (d) failure modes of the learner
@@ -354,6 +387,7 @@ def test_non_positive_curvature_warns_and_keeps_a_finite_gradient() -> None:
     ({"cg_steps": 2.5}, "cg_steps"), ({"cg_tol": 1.0}, "cg_tol"), ({"inner_steps": 0}, "inner_steps"),
     ({"bn_mode": "running"}, "bn_mode"), ({"inner_lr": float("nan")}, "inner_lr"),
     ({"inner_lr": 1.0, "lam": 2.0}, "inner_lr \\* lam < 2"), ({"cg_damping": -1.0}, "cg_damping"),
+    ({"lam_damping": float("nan")}, "lam_damping"), ({"inner_problem": "newton"}, "inner_problem"),
 ])
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
