@@ -79,18 +79,6 @@ def test_meta_loss_is_cross_entropy_on_the_scores() -> None:
     assert logits.shape == (2, 15, 5)
 
 
-def test_predict_leaves_learner_untouched_and_ignores_query_labels() -> None:
-    learner = trained()
-    before = {k: v.clone() for k, v in learner.state_dict().items()}
-    batch = template_batch(3, n_shot=2, seed=7)
-    scores = learner.predict(batch)
-    assert learner.training
-    for k, v in learner.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    shuffled = dataclasses.replace(batch, query_y=batch.query_y[:, torch.randperm(15)])
-    assert torch.equal(learner.predict(shuffled), scores)
-
-
 def test_a_query_does_not_depend_on_the_other_queries() -> None:
     learner = trained()
     batch = template_batch(2, n_shot=2, seed=11)

@@ -3,8 +3,6 @@ differences, a singular system warns and takes the fallback, predict is pure, an
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,22 +109,6 @@ def test_lambda_and_scale_are_learned() -> None:
     assert fixed.log_lambda.exp().item() == pytest.approx(2.0)
 
 
-def test_predict_is_pure_inductive_and_blind_to_query_labels() -> None:
-    torch.manual_seed(0)
-    learner = R2D2(TinyNet())
-    learner.configure_optimizer(OuterOptimizer(lr=1e-3))
-    learner.meta_train_step(template_batch(2, seed=0))
-    before = {k: v.clone() for k, v in learner.state_dict().items()}
-    batch = template_batch(3, seed=1, n_query=4)
-    logits = learner.predict(batch)
-    assert learner.training and not learner.transductive
-    for k, v in learner.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    shuffled = batch.query_y[:, torch.randperm(20, generator=torch.Generator().manual_seed(2))]
-    assert torch.equal(learner.predict(dataclasses.replace(batch, query_y=shuffled)), logits)
-    keep = torch.tensor([7, 0, 13, 5])
-    sub = dataclasses.replace(batch, query_x=batch.query_x[:, keep], query_y=batch.query_y[:, keep])
-    torch.testing.assert_close(learner.predict(sub), logits[:, keep], rtol=1e-5, atol=1e-5)
 
 
 def test_invalid_arguments() -> None:

@@ -152,16 +152,6 @@ def test_chunked_evaluation_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> 
     torch.testing.assert_close(learner.predict(batch), whole, rtol=0, atol=1e-6)
 
 
-def test_predict_leaves_learner_untouched_and_ignores_query_labels() -> None:
-    learner = trained()
-    before = {k: v.clone() for k, v in learner.state_dict().items()}
-    batch = template_batch(3, n_shot=2, seed=7)
-    scores = learner.predict(batch)
-    assert learner.training
-    for k, v in learner.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    shuffled = dataclasses.replace(batch, query_y=batch.query_y[:, torch.randperm(15)])
-    assert torch.equal(learner.predict(shuffled), scores)
 
 
 def test_a_query_does_not_depend_on_the_other_queries() -> None:
