@@ -117,3 +117,103 @@ SYNTHETIC_COPIES: dict[str, Callable[[Path], Path]] = {
     "episodes.datasets.load_cifar_fs": _once("cifar-100", write_cifar100),
     "episodes.datasets.load_fc100": _once("cifar-100", write_cifar100),
 }
+
+
+# BSCD-FSL targets (episodes/datasets/{crop_diseases,eurosat,isic,chestx}.py): flat-coloured 12x12 images whose colour
+# says what they are, so a test can check each loaded image's class and place from its pixels alone.
+def bscd_colour(class_index: int, j: int) -> tuple[int, int, int]:
+    """The RGB colour of image ``j`` of class ``class_index`` (in the benchmark's label order) in the BSCD-FSL copies:
+    red = 10 + 6 * class, green = 20 + 40 * j, blue 128 (ChestX's greyscale images: 10 + 30 * class + 3 * j)."""
+    return 10 + 6 * class_index, 20 + 40 * j, 128
+
+
+def _flat_jpeg(path: Path, colour: tuple[int, int, int], side: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((side, side, 3), colour, dtype=np.uint8)).save(path, quality=95)
+
+
+def write_crop_diseases(root: Path, *, per_class: int = 2, side: int = 12) -> dict[str, list[Path]]:
+    """The Kaggle plant-disease copy: ``dataset/train/<class>/*.jpg`` (38 classes; one file name ends in .JPG, as
+    PlantVillage's do) and a ``dataset/test/`` the benchmark does not read; per class in sorted order, its files."""
+    classes = sorted(f"Plant{c:02d}___{'healthy' if c % 3 == 0 else f'disease_{c}'}" for c in range(38))
+    written = {}
+    for c, name in enumerate(classes):
+        files = [root / "dataset" / "train" / name / f"{j:04d}{'.JPG' if (c, j) == (1, 0) else '.jpg'}"
+                 for j in range(per_class)]
+        for j, path in enumerate(files):
+            _flat_jpeg(path, bscd_colour(c, j), side)
+        written[name] = files
+    _flat_jpeg(root / "dataset" / "test" / classes[0] / "unused.jpg", (255, 255, 255), side)
+    return written
+
+
+def write_eurosat(root: Path, *, per_class: int = 3, side: int = 12) -> dict[str, list[Path]]:
+    """EuroSAT.zip (RGB) extracted: ``2750/<class>/<class>_<n>.jpg``, the 10 classes; per class, its files in
+    file-name order (``_1``, ``_10``, ``_2``, ... once there are 10)."""
+    from episodes.datasets.bscd_fsl import target_classes
+
+    written = {}
+    for c, name in enumerate(target_classes("eurosat")[1]):
+        files = sorted(root / "2750" / name / f"{name}_{n + 1}.jpg" for n in range(per_class))
+        for j, path in enumerate(files):
+            _flat_jpeg(path, bscd_colour(c, j), side)
+        written[name] = files
+    return written
+
+
+def write_isic(root: Path, *, per_class: int = 3, side: int = 12) -> dict[str, list[Path]]:
+    """The ISIC 2018 task 3 training data: ``ISIC2018_Task3_Training_Input/ISIC_<id>.jpg`` (with the archive's
+    LICENSE.txt) and the ground-truth CSV (one-hot rows, classes interleaved); per class, its files in CSV order."""
+    from episodes.datasets.bscd_fsl import target_classes
+    from episodes.datasets.isic import GROUND_TRUTH, INPUT
+
+    classes = target_classes("isic")[1]
+    written: dict[str, list[Path]] = {name: [] for name in classes}
+    rows = ["image," + ",".join(classes)]
+    for k in range(per_class * len(classes)):
+        c, j = (3 * k + 1) % len(classes), k // len(classes)  # a class order unlike the columns'
+        image = f"ISIC_{24306 + k:07d}"
+        _flat_jpeg(root / INPUT / f"{image}.jpg", bscd_colour(c, j), side)
+        written[classes[c]].append(root / INPUT / f"{image}.jpg")
+        rows.append(image + "," + ",".join("1.0" if i == c else "0.0" for i in range(len(classes))))
+    (root / INPUT / "LICENSE.txt").write_text("licence\n")
+    (root / GROUND_TRUTH).parent.mkdir(parents=True, exist_ok=True)
+    (root / GROUND_TRUTH).write_text("\n".join(rows) + "\n")
+    return written
+
+
+#: rows of the ChestX copy the benchmark drops, with their findings
+CHESTX_DROPPED = ("No Finding", "Cardiomegaly|Emphysema", "Pneumonia", "Hernia", "Effusion|Infiltration|Mass")
+
+
+def write_chestx(root: Path, *, per_class: int = 3, side: int = 12, kaggle: bool = False) -> dict[str, list[Path]]:
+    """The ChestX-ray8 release: ``Data_Entry_2017.csv`` (its real header; kept and :data:`CHESTX_DROPPED` rows
+    interleaved) and greyscale PNGs in ``images/`` (with ``kaggle``, spread over ``images_001/images/`` and
+    ``images_002/images/``); per kept class, its files in CSV order. Dropped rows' images are white."""
+    from episodes.datasets.bscd_fsl import target_classes
+
+    classes = target_classes("chestx")[1]
+    written: dict[str, list[Path]] = {name: [] for name in classes}
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
+    items = [(classes[(k + 2) % len(classes)], k // len(classes)) for k in range(per_class * len(classes))]
+    items[1:1] = [(finding, None) for finding in CHESTX_DROPPED]
+    for k, (finding, j) in enumerate(items):
+        name = f"{k + 1:08d}_000.png"
+        folder = root / (f"images_{1 + k % 2:03d}/images" if kaggle else "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        value = 255 if j is None else 10 + 30 * classes.index(finding) + 3 * j
+        Image.fromarray(np.full((side, side), value, dtype=np.uint8), "L").save(folder / name)
+        if j is not None:
+            written[finding].append(folder / name)
+        rows.append(f"{name},{finding},0,{k + 1},58,M,PA,2682,2749,0.143,0.143,")
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    return written
+
+
+SYNTHETIC_COPIES.update({
+    "episodes.datasets.load_crop_diseases": _once("crop-diseases", write_crop_diseases),
+    "episodes.datasets.load_eurosat": _once("eurosat", write_eurosat),
+    "episodes.datasets.load_isic": _once("isic-2018", write_isic),
+    "episodes.datasets.load_chestx": _once("chestx", write_chestx),
+})
