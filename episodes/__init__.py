@@ -4,6 +4,7 @@ from episodes.augment import Augment, Compose, RandomCropFlip, RandomRot90Classe
 from episodes.dataset import FewShotDataset
 from episodes.episode import Episode, EpisodeBatch
 from episodes.sampler import EpisodeSampler
+from episodes.variable import VariableEpisodeSampler, VariableShape
 
 __all__ = ["Augment", "Compose", "Episode", "EpisodeBatch", "EpisodeSampler", "FewShotDataset", "RandomCropFlip",
-           "RandomRot90Classes"]
+           "RandomRot90Classes", "VariableEpisodeSampler", "VariableShape"]

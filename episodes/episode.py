@@ -13,8 +13,9 @@ class EpisodeBatch:
 
     Attributes:
         support_x: (B, n_way * n_shot, C, H, W) float images, class-major order
-            (all shots of label 0, then label 1, ...).
-        support_y: (B, n_way * n_shot) int64 labels in [0, n_way).
+            (all shots of label 0, then label 1, ...); in variable-shot episodes (B, S, C, H, W) with
+            ``shots[:, c]`` images of label ``c``.
+        support_y: (B, n_way * n_shot) int64 labels in [0, n_way) (or (B, S)).
         query_x: (B, n_way * n_query, C, H, W) float images, class-major order.
         query_y: (B, n_way * n_query) int64 labels in [0, n_way).
         classes: (B, n_way) int64 dataset class index of each episode label.
@@ -37,7 +38,19 @@ class EpisodeBatch:
         return self.classes.shape[1]
 
     @property
+    def shots(self) -> torch.Tensor:
+        """(B, n_way) int64 support images of each label of each task."""
+        counts = torch.zeros(self.support_y.shape[0], self.n_way, dtype=torch.int64, device=self.device)
+        return counts.scatter_add_(1, self.support_y, torch.ones_like(self.support_y))
+
+    @property
     def n_shot(self) -> int:
+        """Support images per class, the same for every class (``ValueError`` for variable-shot episodes, e.g. of
+        :class:`~episodes.variable.VariableEpisodeSampler`: use :attr:`shots`)."""
+        shots = self.shots
+        if not bool((shots == shots[:, :1]).all()):
+            raise ValueError(f"these episodes have different numbers of support images per class "
+                             f"({shots[0].tolist()} in the first); use batch.shots for the per-class counts")
         return self.support_y.shape[1] // self.n_way
 
     @property

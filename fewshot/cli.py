@@ -22,14 +22,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from episodes import FewShotDataset
+from episodes.episode_file import EpisodesFile, read_episodes_file
+from episodes.variable import VariableShape
 from fewshot.backbones import load_pretrained, normalise_for, save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
     check_same_test_data,
     check_settings,
     check_test_set,
+    check_variable,
     collect_provenance,
+    different_copies,
     evaluate_settings,
+    evaluate_variable,
     gather_results,
     markdown_table,
     plot_learning_curve,
@@ -42,6 +47,7 @@ from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, T
 from fewshot.training.checkpoint import load_checkpoint, load_state_exactly
 from fewshot.training.distributed import DistributedContext, RankShards
 from fewshot.training.meta_train import write_rows_csv
+from fewshot.training.tensorboard import HPARAM_METRICS, TensorBoardLog, tensorboard_available
 
 log = logging.getLogger("fewshot")
 
@@ -68,30 +74,111 @@ def _load(data: DictConfig, role: str) -> FewShotDataset | None:
 
 def _build_learner(cfg: DictConfig, device: torch.device, *datasets: FewShotDataset | None,
                    ) -> tuple[Learner, list[FewShotDataset | None]]:
-    """The seeded learner of ``cfg``, and ``datasets`` fed the way its backbone's loaded weights (if any) were
-    trained (their ``spec``: normalisation, channels, size)."""
+    """The seeded learner of ``cfg``, and ``datasets`` fed the way its backbone's pretrained weights (if any: loaded
+    from ``backbone_weights``, or the timm/torchvision model's own) were trained (their ``spec``: normalisation,
+    channels, size)."""
     torch.manual_seed(cfg.seed)  # the initial weights are part of the seeded run
     backbone = hydra.utils.instantiate(cfg.backbone)
     if cfg.backbone_weights is not None:
         log.info("backbone weights: %s", load_pretrained(backbone, Path(hydra.utils.to_absolute_path(
             cfg.backbone_weights))))
+    if cfg.backbone_weights is not None or getattr(backbone, "pretrained", False):
         datasets = tuple(None if d is None else normalise_for(d, backbone.spec) for d in datasets)
     return hydra.utils.instantiate(cfg.learner, backbone=backbone).to(device), list(datasets)
 
 
-def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, device: torch.device,
-              train_name: str | None, ctx: DistributedContext | None = None) -> list[EvaluationResult]:
-    """Score ``learner`` on every (n_way, n_shot) setting of ``cfg.evaluation`` over fixed episodes (shared by
-    the processes of ``ctx`` in a distributed run: the same numbers)."""
+def _episodes_file(cfg: DictConfig, test_set: FewShotDataset) -> EpisodesFile | None:
+    """The episodes file of ``evaluation.episodes_file`` (None when unset), checked against ``test_set`` and the
+    evaluation settings, so that a file that would fail is refused before anything runs."""
     e = cfg.evaluation
-    return evaluate_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
-                             n_query=e.n_query, episodes=e.episodes, seed=e.seed, batch_size=e.batch_size,
-                             device=device, progress=cfg.progress and ctx is None, train_dataset=train_name,
-                             shards=RankShards(ctx) if ctx is not None else None)
+    path = e.get("episodes_file")
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise TypeError(f"evaluation.episodes_file={path!r}: expected the path of an episodes file, or null")
+    episodes = read_episodes_file(hydra.utils.to_absolute_path(path))
+    episodes.check_dataset(test_set)
+    episodes.select([(int(w), int(k)) for w, k in e.settings], n_query=e.n_query, episodes=e.episodes)
+    return episodes
+
+
+def _variable_shape(cfg: DictConfig) -> VariableShape | None:
+    """The variable-episode distribution of ``evaluation.variable`` (``evaluation=meta_dataset``), or None."""
+    node = cfg.evaluation.get("variable")
+    if node is None:
+        return None
+    shape = hydra.utils.instantiate(node)
+    if not isinstance(shape, VariableShape):
+        raise TypeError(f"evaluation.variable must build an episodes.variable.VariableShape (or be null), got a "
+                        f"{type(shape).__name__}")
+    return shape
+
+
+def _check_tests(learner: Learner, cfg: DictConfig, test_set: FewShotDataset) -> None:
+    """Refuse a test that would fail, before a training or a re-test writes anything: every (n_way, n_shot)
+    setting of ``cfg.evaluation`` and its variable episodes (a learner that cannot score them is named)."""
+    e = cfg.evaluation
+    shape = _variable_shape(cfg)
+    if e.settings or shape is None:
+        check_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
+                       n_query=e.n_query, episodes=e.episodes, batch_size=e.batch_size)
+    if shape is not None:
+        check_variable({cfg.name: learner}, test_set, shape=shape, episodes=e.episodes)
+
+
+def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, device: torch.device,
+              train_name: str | None, ctx: DistributedContext | None = None,
+              episodes_file: EpisodesFile | None = None) -> list[EvaluationResult]:
+    """Score ``learner`` on every (n_way, n_shot) setting of ``cfg.evaluation`` over fixed episodes, seeded or
+    read from ``episodes_file``, then on its variable episodes if any (shared by the processes of ``ctx`` in a
+    distributed run: the same numbers)."""
+    e = cfg.evaluation
+    shards = RankShards(ctx) if ctx is not None else None
+    results = evaluate_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
+                                n_query=e.n_query, episodes=e.episodes, seed=e.seed, batch_size=e.batch_size,
+                                device=device, progress=cfg.progress and ctx is None, train_dataset=train_name,
+                                shards=shards, episodes_file=episodes_file) if e.settings else []
+    shape = _variable_shape(cfg)
+    if shape is not None:
+        results.append(evaluate_variable({cfg.name: learner}, test_set, shape=shape, episodes=e.episodes, seed=e.seed,
+                                         device=device, progress=cfg.progress and ctx is None,
+                                         train_dataset=train_name, shards=shards))
+    return results
+
+
+def _tensorboard(cfg: DictConfig) -> bool:
+    """Whether a run writes TensorBoard event files (``logging.tensorboard``: auto = where tensorboard is
+    installed, true, false); true without the package is refused."""
+    mode = cfg.logging.tensorboard
+    if mode is True and not tensorboard_available():
+        raise ValueError("logging.tensorboard=true but the tensorboard package is not installed: pip install "
+                         "'fewshot[tensorboard]', or set logging.tensorboard=auto (on where it is installed)")
+    return mode is True or (mode == "auto" and tensorboard_available())
+
+
+def _test_tag(n_way: int, n_shot: int) -> str:
+    """The TensorBoard scalar (part ``test``) of a setting's test accuracy."""
+    return f"accuracy_{n_way}way_{n_shot}shot"
+
+
+#: The TensorBoard scalar (part ``test``) of the test accuracy on the variable episodes of ``evaluation.variable``.
+_VARIABLE_TAG = "accuracy_variable"
+
+
+def _open_tensorboard(cfg: DictConfig, run: Run) -> TensorBoardLog | None:
+    """The run's TensorBoard log (in the writing process, where ``logging.tensorboard`` asks for it), its HParams
+    tab showing the training metrics and every test setting's accuracy."""
+    if not (run.writer and run.run_dir is not None and _tensorboard(cfg)):
+        return None
+    settings = cfg.get("evaluation", {}).get("settings", [])
+    tests = [f"test/{_test_tag(int(w), int(k))}" for w, k in settings]
+    tests += [f"test/{_VARIABLE_TAG}"] if cfg.get("evaluation", {}).get("variable") is not None else []
+    return TensorBoardLog(log_dir=run.run_dir, hparams=run.config, metrics=[*HPARAM_METRICS, *tests])
 
 
 def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, device: torch.device,
-            test_set: FewShotDataset, history: list[dict[str, float]] | None = None) -> None:
+            test_set: FewShotDataset, history: list[dict[str, float]] | None = None,
+            tensorboard: TensorBoardLog | None = None) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ledger") is not None:  # the experiment's published numbers: every table marks its cells against them
         results = [dataclasses.replace(r, learners=tuple(dataclasses.replace(x, ledger=cfg.ledger) for x in r.learners))
@@ -100,6 +187,10 @@ def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, dev
                                                        test_set=test_set))
     if history:
         plot_learning_curve(out_dir / "learning_curve.png", history)
+    if tensorboard is not None:
+        tensorboard.write_scalars("test", {_test_tag(r.spec.n_way, r.spec.n_shot) if r.spec.variable is None
+                                           else _VARIABLE_TAG: x.mean for r in results for x in r.learners})
+        tensorboard.write_images("plots", sorted(out_dir.glob("*.png")))
     log.info("results (%% accuracy, 95%% CI over %d episodes) in %s:\n%s", cfg.evaluation.episodes, out_dir,
              markdown_table(results))
 
@@ -109,6 +200,7 @@ def train(cfg: DictConfig) -> None:
     With ``trainer.distributed=true`` under torchrun or srun, every process runs this; rank 0 writes the files."""
     if cfg.get("ledger") is not None:
         ledger_entry(cfg.ledger)  # an unknown id is refused before anything runs
+    _tensorboard(cfg)  # logging.tensorboard=true without the package is refused before anything runs
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     in_processes(trainer.distributed, functools.partial(_train, cfg, trainer))
 
@@ -120,9 +212,6 @@ def _train(cfg: DictConfig, trainer: Trainer, ctx: DistributedContext | None) ->
         check_resume(run_dir, config)  # refuse before anything in the run directory is written
         run = Run(run_dir, config, cfg.seed, ctx.device if ctx is not None else _device(cfg.device), cfg.progress,
                   ctx, backbone_pretrained=cfg.backbone_weights is not None)
-        if writer:
-            record(cfg, run_dir)
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # what fewshot-eval reads back
         _train_in(cfg, trainer, run)
 
 
@@ -135,14 +224,18 @@ def _train_in(cfg: DictConfig, trainer: Trainer, run: Run) -> None:
     data = TrainingData(train=train_set, train_episode=EpisodeShape(ep.train_n_way, ep.train_n_shot, ep.train_n_query),
                         val=val_set, val_episode=EpisodeShape(ep.n_way, ep.n_shot, ep.n_query),
                         val_seed=cfg.evaluation.seed + 1, eval_batch_size=cfg.evaluation.batch_size)
-    e = cfg.evaluation  # a test that would fail is refused before the training, not after it
-    check_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
-                   n_query=e.n_query, episodes=e.episodes, batch_size=e.batch_size)
+    _check_tests(learner, cfg, test_set)  # a test that would fail is refused before the training, not after it
+    episodes_file = _episodes_file(cfg, test_set)
     learner.check_ways(data.train_episode.n_way)
-    history = trainer.fit(learner, data, run)
-    results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx)
-    if run.writer:
-        _report(run.run_dir, results, cfg, run.device, test_set, history)
+    if run.writer:  # every check passed (the data, the weights, the tests): the run folder is written from here on
+        record(cfg, run.run_dir)
+        OmegaConf.save(cfg, run.run_dir / "config.yaml", resolve=True)  # what fewshot-eval reads back
+    tensorboard = _open_tensorboard(cfg, run)
+    with tensorboard or nullcontext():
+        history = trainer.fit(learner, data, dataclasses.replace(run, tensorboard=tensorboard))
+        results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx, episodes_file)
+        if run.writer:
+            _report(run.run_dir, results, cfg, run.device, test_set, history, tensorboard)
 
 
 def _run_config(run: Path) -> DictConfig:
@@ -189,12 +282,16 @@ def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
                    image_size=int(train_cfg.dataset.loader.image_size), train_set=train_set)
     if not cfg.get("test_dataset") and (run / "results.json").is_file():
         check_same_test_data(run / "results.json", test_set)
+    _check_tests(learner, train_cfg, test_set)
+    episodes_file = _episodes_file(train_cfg, test_set)
     record(cfg, out_dir)
-    _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name), train_cfg, device, test_set)
+    _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name, episodes_file=episodes_file),
+            train_cfg, device, test_set)
 
 
 def pretrain(cfg: DictConfig) -> None:
     """Supervised pretraining of a backbone on all base classes; see ``configs/pretrain.yaml``."""
+    _tensorboard(cfg)  # logging.tensorboard=true without the package is refused before anything runs
     trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     if not isinstance(trainer, SupervisedPretrainer):
         raise TypeError(f"fewshot-pretrain needs a supervised trainer (trainer=pretrain), not {type(trainer).__name__}")
@@ -219,11 +316,15 @@ def _pretrain_in(cfg: DictConfig, trainer: SupervisedPretrainer, run: Run) -> No
     if not run.writer:
         return
     write_rows_csv(out_dir / "metrics.csv", history)
+    plot = plot_learning_curve(out_dir / "learning_curve.png", history)
+    with _open_tensorboard(cfg, run) or nullcontext() as tensorboard:
+        if tensorboard is not None:
+            tensorboard.write_rows("pretrain", history)
+            tensorboard.write_images("plots", [plot] if plot is not None else [])
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     name = backbone_cfg.pop("name")
     backbone_cfg.pop("_target_")
     path = save_backbone(backbone.cpu(), out_dir / "backbone.safetensors", name=name, kwargs=backbone_cfg)
-    plot_learning_curve(out_dir / "learning_curve.png", history)
     log.info("pretrained backbone written to %s; use it with backbone_weights=%s", path, path)
 
 
@@ -235,7 +336,8 @@ def report(cfg: DictConfig) -> None:
     with output_dir() as out_dir:
         results = gather_results(root, include_eval=cfg.include_eval, skip=out_dir)
         record(cfg, out_dir)
-        write_results(out_dir, results, collect_provenance(config={"dir": str(root)}))
+        write_results(out_dir, results, collect_provenance(config={"dir": str(root)}),
+                      notes=different_copies(root, include_eval=cfg.include_eval, skip=out_dir))
         log.info("%d results merged into %s:\n%s", len(results), out_dir, markdown_table(results))
 
 

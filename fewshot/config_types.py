@@ -26,7 +26,7 @@ __all__ = ["check_config_types"]
 #: Keys of the apps' own configs that no constructor receives, with their types.
 PLAIN: dict[str, Any] = {
     "seed": int, "progress": bool, "device": str, "backbone_weights": str | None, "run": str, "checkpoint": str,
-    "dir": str, "include_eval": bool, "ledger": str | None,
+    "dir": str, "include_eval": bool, "ledger": str | None, "logging.tensorboard": bool | Literal["auto"],
     "evaluation.episodes": int, "evaluation.seed": int, "evaluation.n_query": int, "evaluation.batch_size": int,
     "evaluation.settings": list[tuple[int, int]],
     "episode.n_way": int, "episode.n_shot": int, "episode.n_query": int, "episode.train_n_way": int,

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -163,4 +163,29 @@ def app_main(config_name: str, task: Callable[[DictConfig], None]) -> Callable[[
 
     main.__name__ = f"{config_name}_main"
     main.__doc__ = f"Entry point of ``fewshot-{config_name}``."
+    return main
+
+
+def command_main(config_name: str, task: Callable[[DictConfig], None]) -> Callable[[list[str]], None]:
+    """The entry point of a command that claims no run folder (``data check``, ``episodes export``): the config
+    ``configs/<config_name>.yaml`` composed with the given overrides (Hydra's compose API: no output folder, log
+    lines to the console), then ``task`` under the same guard as the apps; a config that cannot be composed is
+    refused in one line with exit status 2 too. ``--help`` prints the task's docstring and the config."""
+
+    def main(overrides: list[str]) -> None:
+        tune_allocator()
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                            format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        wants_help = bool({"-h", "--help"} & set(overrides))
+        try:
+            with hydra.initialize_config_module(config_module="fewshot.configs", version_base="1.3"):
+                cfg = hydra.compose(config_name=config_name, overrides=[] if wants_help else overrides)
+        except (HydraException, OmegaConfBaseException) as err:  # Hydra's message, its search path left out
+            _refuse(f"{type(err).__name__}: {' '.join(str(err).split('Config search path')[0].split())}")
+        if wants_help:
+            sys.stdout.write(f"{task.__doc__}\n\nconfigs/{config_name}.yaml, composed:\n\n{OmegaConf.to_yaml(cfg)}")
+            return
+        _guard(task)(cfg)
+
+    main.__name__ = f"{config_name}_main"
     return main

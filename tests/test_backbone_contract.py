@@ -17,6 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from fewshot.backbones import Backbone, NoFeatureMapsError, create_backbone
@@ -26,12 +27,28 @@ BACKBONE_CONFIGS = Path(__file__).resolve().parent.parent / "fewshot" / "configs
 BATCH = 3
 
 
+def _require(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError
+        pytest.skip(f"{module} does not import here ({type(err).__name__}: {err})")
+
+
+def _library(name: str) -> str | None:
+    """The library a backbone name needs (``timm:<model>`` -> timm), or None for a native one."""
+    prefix, sep, _ = name.partition(":")
+    return prefix if sep else None
+
+
 def _from_yaml(option: str) -> Callable[[], tuple[Backbone, tuple[int, int]]]:
     """Compose ``train`` with ``backbone=<option>`` (default dataset: Omniglot, 1x28x28), check the
-    spec against the composed keys, and test at the spec's input size."""
+    spec against the composed keys, and test at the spec's input size (skipped where the library of a
+    timm/torchvision YAML does not import)."""
     def build() -> tuple[Backbone, tuple[int, int]]:
         with initialize_config_module("fewshot.configs", version_base="1.3"):
             cfg = compose("train", overrides=[f"backbone={option}"])
+        if _library(cfg.backbone.name):
+            _require(_library(cfg.backbone.name))
         torch.manual_seed(0)
         backbone = instantiate(cfg.backbone)
         assert backbone.spec.in_channels == cfg.backbone.in_channels
@@ -43,10 +60,7 @@ def _from_yaml(option: str) -> Callable[[], tuple[Backbone, tuple[int, int]]]:
 def _from_library(name: str, module: str) -> Callable[[], tuple[Backbone, tuple[int, int]]]:
     """A timm/torchvision model at 64x64 (any size works for these CNNs); skips without the library."""
     def build() -> tuple[Backbone, tuple[int, int]]:
-        try:
-            importlib.import_module(module)
-        except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError
-            pytest.skip(f"{module} does not import here ({type(err).__name__}: {err})")
+        _require(module)
         torch.manual_seed(0)
         backbone = create_backbone(name)
         assert backbone.spec.in_channels == 3
@@ -63,7 +77,13 @@ CASES = {f"yaml:{p.stem}": _from_yaml(p.stem) for p in sorted(BACKBONE_CONFIGS.g
 }
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+def _needs_library(case: str) -> bool:
+    name = case if not case.startswith("yaml:") else str(OmegaConf.load(BACKBONE_CONFIGS / f"{case[5:]}.yaml").name)
+    return _library(name) is not None
+
+
+@pytest.fixture(scope="module", params=[pytest.param(c, marks=pytest.mark.interop) if _needs_library(c) else c
+                                        for c in sorted(CASES)])
 def case(request: pytest.FixtureRequest) -> tuple[Backbone, torch.Tensor]:
     """(backbone, (BATCH, in_channels, H, W) images)."""
     backbone, (height, width) = CASES[request.param]()
@@ -160,11 +180,9 @@ def test_a_backbone_without_maps_says_so() -> None:
         type("Incomplete", (Backbone,), {})()
 
 
+@pytest.mark.interop
 def test_timm_token_model_has_no_maps() -> None:
-    try:
-        importlib.import_module("timm")
-    except Exception as err:
-        pytest.skip(f"timm does not import here ({type(err).__name__}: {err})")
+    _require("timm")
     backbone = create_backbone("timm:vit_tiny_patch16_224").eval()
     assert not backbone.has_feature_maps
     with pytest.raises(NoFeatureMapsError, match="tokens"):

@@ -96,6 +96,7 @@ def test_interop_without_library_says_what_to_install(name, module):
         create_backbone(name)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize(("name", "module"), [("timm:resnet18", "timm"), ("torchvision:resnet18", "torchvision")])
 def test_interop_backbone_features(name, module):
     if not _importable(module):

@@ -209,4 +209,4 @@ def test_an_unknown_added_trainer_key_is_refused(folders: tuple[Path, Path], tmp
 def test_unknown_app_prints_usage() -> None:
     done = fewshot("fit", check=False)
     assert done.returncode == 2
-    assert "usage: python -m fewshot {train,eval,pretrain,report}" in done.stderr
+    assert "usage: python -m fewshot {train,eval,pretrain,report,data check,episodes export}" in done.stderr

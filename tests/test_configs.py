@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pickle
 from collections.abc import Iterator
@@ -132,9 +133,21 @@ def test_every_episode_option_samples(option: str) -> None:
     assert batch.support_x.shape[1] == ep.train_n_way * ep.train_n_shot
 
 
-@pytest.mark.parametrize("option", options("backbone"))
+def _backbone_option(option: str) -> object:
+    """A backbone option, marked ``interop`` when its model comes from timm or torchvision."""
+    _, from_library, _ = str(OmegaConf.load(CONFIGS / "backbone" / f"{option}.yaml").name).partition(":")
+    return pytest.param(option, marks=pytest.mark.interop) if from_library else option
+
+
+@pytest.mark.parametrize("option", [_backbone_option(o) for o in options("backbone")])
 def test_every_backbone_instantiates_and_embeds(option: str) -> None:
     cfg = train_config(f"backbone={option}")
+    library, sep, _ = cfg.backbone.name.partition(":")
+    if sep:
+        try:
+            importlib.import_module(library)
+        except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError
+            pytest.skip(f"backbone={option} needs {library}, which does not import here ({type(err).__name__})")
     backbone = instantiate(cfg.backbone)
     channels, size = backbone.spec.in_channels, backbone.spec.input_size
     with torch.no_grad():

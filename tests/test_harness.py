@@ -164,7 +164,7 @@ def test_result_fields_and_pairwise_comparisons() -> None:
     result = run({"proto": ToyProto(), "head": OneStepHead(), "zero": Recorder()}, train_dataset="toy-train")
     assert [r.name for r in result.learners] == ["proto", "head", "zero"]
     assert vars(result.spec) == {"dataset": "toy", "n_way": N_WAY, "n_shot": N_SHOT, "n_query": N_QUERY,
-                                 "episodes": EPISODES, "seed": 5}
+                                 "episodes": EPISODES, "seed": 5, "episodes_file": None, "variable": None}
     assert (result.train_dataset, result.test_dataset, result.spec.setting) == ("toy-train", "toy", "3-way 2-shot")
     assert [(c.learner_a, c.learner_b) for c in result.comparisons] == [
         ("proto", "head"), ("proto", "zero"), ("head", "zero")]

@@ -145,8 +145,11 @@ def test_resuming_another_configuration_is_refused(tmp_path: Path) -> None:
 
 def test_config_differences_names_nested_keys_and_skips_resumable_ones() -> None:
     saved = {"a": 1, "b": {"c": 2, "d": 3}, "progress": True, "trainer": {"steps": 5, "lr": 0.1}}
-    current = {"a": 1, "b": {"c": 4}, "progress": False, "trainer": {"steps": 9, "lr": 0.1}, "e": None}
-    assert config_differences(saved, current) == ["b.c: 2 -> 4", "b.d: 3 -> '<missing>'", "e: '<missing>' -> None"]
+    current = {"a": 1, "b": {"c": 4}, "progress": False, "trainer": {"steps": 9, "lr": 0.1}, "e": 0}
+    assert config_differences(saved, current) == ["b.c: 2 -> 4", "b.d: 3 -> '<missing>'", "e: '<missing>' -> 0"]
+    # An option a later version added, at its null default, keeps older checkpoints resumable.
+    assert config_differences(saved, saved | {"new_option": None}) == []
+    assert config_differences(saved | {"new_option": None}, saved) == ["new_option: None -> '<missing>'"]
     assert config_differences(saved, saved) == []
     assert config_differences({"evaluation": {"seed": 1, "episodes": 10}},
                               {"evaluation": {"seed": 2, "episodes": 600}}) == ["evaluation.seed: 1 -> 2"]

@@ -34,6 +34,10 @@ class Backbone(nn.Module, ABC):
         has_feature_maps: whether :meth:`forward_features` gives spatial maps (class default
             True; a backbone without maps sets it False, says why in ``_no_maps_reason``, and
             overrides :meth:`forward`).
+        pretrained: whether the weights come from pretraining (class default False; True for a
+            timm/torchvision wrapper built with pretrained weights and after
+            :func:`~fewshot.backbones.weights.load_pretrained`): the data is then fed as ``spec``
+            says (:func:`~fewshot.backbones.spec.normalise_for`).
 
     Contract: ``forward(x)`` equals ``pool(forward_features(x))`` exactly. Native backbones
     implement :meth:`forward_features` and :meth:`pool` and inherit :meth:`forward`; the timm and
@@ -45,6 +49,7 @@ class Backbone(nn.Module, ABC):
     spec: BackboneSpec
     stages: list[str]
     has_feature_maps: bool = True
+    pretrained: bool = False
     _no_maps_reason: str = ""
     #: name -> class of every subclass declared with ``class X(Backbone, name="x")``; read it through
     #: :func:`fewshot.backbones.create_backbone`, which also imports every module of this package first.
@@ -90,14 +95,15 @@ class Backbone(nn.Module, ABC):
 
     def _meta_output_shape(self, fn: Callable[[torch.Tensor], torch.Tensor],
                            input_size: int | tuple[int, int] | None = None) -> torch.Size:
-        """Shape of ``fn(x)`` for one meta image x of ``input_size`` (default ``spec.input_size``),
+        """Shape of ``fn(x)`` for a batch x of two meta images of ``input_size`` (default ``spec.input_size``),
         with every parameter and buffer of this module swapped for a meta copy during the call."""
         height, width = as_size(input_size if input_size is not None else self.spec.input_size)
         probe = _Probe(self, fn)
         tensors = {**dict(probe.named_parameters()), **dict(probe.named_buffers())}
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
         meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
-        x = torch.empty(1, self.spec.in_channels, height, width, device="meta", dtype=dtype)
+        # two images: training-mode batch norm refuses one value per channel (1x1 maps of a batch of one)
+        x = torch.empty(2, self.spec.in_channels, height, width, device="meta", dtype=dtype)
         with torch.no_grad():
             return torch.func.functional_call(probe, meta, (x,)).shape
 

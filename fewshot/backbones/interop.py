@@ -9,7 +9,9 @@ maps, and raise :class:`~fewshot.backbones.base.NoFeatureMapsError` where it has
 
 from __future__ import annotations
 
+import difflib
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
 
 import torch
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fewshot.backbones.base import Backbone, NoFeatureMapsError
-from fewshot.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+from fewshot.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, as_size, per_channel
 
 
 def _import(module: str, extra: str) -> ModuleType:
@@ -29,6 +31,16 @@ def _import(module: str, extra: str) -> ModuleType:
             f"({type(err).__name__}: {err}); install it with `pip install 'fewshot[{extra}]'` "
             f"(a build matching torch {torch.__version__})"
         ) from err
+
+
+def _check_name(library: str, model_name: str, known: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the closest of ``known`` when ``model_name`` is not one of them."""
+    if model_name in known:
+        return
+    close = difflib.get_close_matches(model_name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(f"{library} has no model {model_name!r}; {hint}list them with "
+                     f"{library}.{'list_models' if library == 'timm' else 'models.list_models'}()")
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -51,13 +63,6 @@ def _timm_stages(model: nn.Module) -> list[str]:
     return stages
 
 
-def _channel_stats(values: tuple[float, ...], in_channels: int) -> tuple[float, ...]:
-    """Per-channel statistics for ``in_channels``: averaged to one value for grey input."""
-    if len(values) == in_channels:
-        return values
-    return (sum(values) / len(values),) * in_channels
-
-
 class TimmBackbone(Backbone):
     """Any timm model as a feature extractor (its classifier removed with ``num_classes=0``).
 
@@ -67,24 +72,41 @@ class TimmBackbone(Backbone):
     Token models (ViT, DeiT, ...: (N, tokens, D)) have no maps: ``has_feature_maps`` is False,
     ``forward_features`` and ``pool`` raise :class:`NoFeatureMapsError`, ``forward`` works.
 
+    The ``spec`` is timm's pretrained config of the model (``pretrained_cfg``: mean, std, input
+    size), with ``input_size`` in place of its size when given; with ``pretrained`` the app feeds
+    the data that way (:func:`~fewshot.backbones.spec.normalise_for`, which refuses images of
+    another size than the spec's).
+
     Args:
-        model_name: a timm model name, e.g. ``"resnet18"`` or ``"vit_small_patch16_224"``.
+        model_name: a timm model name, e.g. ``"resnet18"`` or ``"vit_small_patch16_224"``
+            (``hf-hub:<repo>`` and other timm schemes are passed on unchecked).
         pretrained: download timm's pretrained weights.
         in_channels: input channels (timm adapts the stem weights itself).
+        input_size: H (= W) or (H, W) the data is fed at; ``None``: the pretrained config's. A model
+            built for one size only (``fixed_input_size``: a ViT) is built for this size.
     """
 
-    def __init__(self, *, model_name: str, pretrained: bool = False, in_channels: int = 3) -> None:
+    def __init__(self, *, model_name: str, pretrained: bool = False, in_channels: int = 3,
+                 input_size: int | tuple[int, int] | None = None) -> None:
         super().__init__()
         timm = _import("timm", "timm")
-        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+        if ":" not in model_name:
+            _check_name("timm", model_name.partition(".")[0], timm.list_models())
+        size = None if input_size is None else as_size(input_size)
+        extra = {}
+        if size is not None and getattr(timm.models.get_pretrained_cfg(model_name), "fixed_input_size", False):
+            extra["img_size"] = size
+        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, in_chans=in_channels,
+                                       **extra)
+        self.pretrained = pretrained
         # head_hidden_size (timm >= 1.0): the pre-logits width when a head layer follows num_features.
         self.feature_dim: int = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         cfg = dict(getattr(self.model, "pretrained_cfg", None) or {})
-        height, width = tuple(cfg.get("input_size", (in_channels, 224, 224)))[-2:]
+        height, width = size or tuple(cfg.get("input_size", (in_channels, 224, 224)))[-2:]
         self.spec: BackboneSpec = BackboneSpec(
             (int(height), int(width)), in_channels,
-            _channel_stats(tuple(cfg.get("mean", IMAGENET_MEAN)), in_channels),
-            _channel_stats(tuple(cfg.get("std", IMAGENET_STD)), in_channels),
+            per_channel(tuple(cfg.get("mean", IMAGENET_MEAN)), in_channels),
+            per_channel(tuple(cfg.get("std", IMAGENET_STD)), in_channels),
         )
         self.stages: list[str] = [f"model.{name}" for name in _timm_stages(self.model)]
         self._channels_last: bool = str(getattr(self.model, "output_fmt", "NCHW")) == "NHWC"
@@ -131,7 +153,9 @@ class TorchvisionBackbone(Backbone):
     def __init__(self, *, model_name: str, weights: str | None = None) -> None:
         super().__init__()
         models = _import("torchvision.models", "torchvision")
+        _check_name("torchvision", model_name.lower(), models.list_models())  # get_model ignores case
         self.model = models.get_model(model_name, weights=weights)
+        self.pretrained = weights is not None
         head_name, linear_path = self._find_classifier()
         linear = self.model.get_submodule(linear_path)
         self.feature_dim: int = int(linear.in_features)

@@ -47,6 +47,15 @@ def default_spec(input_size: int | tuple[int, int], in_channels: int, *, imagene
     return BackboneSpec(size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels)
 
 
+def per_channel(values: tuple[float, ...], in_channels: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``in_channels`` channels: ``values`` as they are when they have one per
+    channel, else their average for each channel (RGB statistics for grey input, whose first convolution
+    sums the RGB weights)."""
+    if len(values) == in_channels:
+        return tuple(values)
+    return (sum(values) / len(values),) * in_channels
+
+
 def as_size(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """``28`` -> ``(28, 28)``; ``(84, 84)`` or ``[84, 84]`` -> ``(84, 84)``."""
     if isinstance(input_size, int):

@@ -10,26 +10,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from episodes.files import atomic_write
+from fewshot.backbones.base import Backbone
 from fewshot.backbones.registry import create_backbone
 from fewshot.backbones.spec import BackboneSpec
+from fewshot.backbones.weight_files import (
+    META_KWARGS,
+    META_NAME,
+    META_SPEC,
+    FolderConfig,
+    guess_architecture,
+    read_checkpoint,
+    read_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "backbone", "net", "params")
 _HEAD_NAMES = ("fc", "classifier", "head", "heads", "last_linear")
-_META_NAME, _META_KWARGS, _META_SPEC = "fewshot.backbone", "fewshot.kwargs", "fewshot.spec"
 
 
 class WeightsMismatchError(ValueError):
@@ -92,75 +99,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors of a safetensors or PyTorch file (unwrapping ``{"state_dict": ...}`` and
-    similar nesting) and the safetensors metadata (empty for PyTorch files).
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: the file holds no tensors, or a PyTorch
-        pickle holds arbitrary Python objects (refused: loading it could run code).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # safetensors: an 8-byte little-endian header length, then the JSON header
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-            return load_file(str(path)), metadata
-        except SafetensorError as err:
-            raise ValueError(f"{path} is a damaged safetensors file: {err}") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = (str(err).splitlines() or [""])[0]
-        raise ValueError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load with weights_only=True "
-            f"rejected it: {reason}). Loading it could run arbitrary code. If you trust its source, re-save "
-            "just the state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors."
-        ) from err
-    except Exception as err:  # torch raises RuntimeError/EOFError/... for truncated or foreign files
-        raise ValueError(f"{path} cannot be read as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                         "it is truncated or not a safetensors/PyTorch weights file") from err
-    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if nested is None:
-            break
-        obj = nested
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
-    if not tensors:
-        found = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path} holds no state dict of tensors (found {found}); expected a state dict, "
-                         f"possibly under one of the keys {list(_NESTED_KEYS)}")
-    return tensors, {}
-
-
-def guess_architecture(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str | None:
-    """A description of the backbone a state dict (prefixes already stripped) was saved from."""
-    if metadata and _META_NAME in metadata:
-        return f"{metadata[_META_NAME]} with {metadata.get(_META_KWARGS, '{}')} (saved by fewshot)"
-    if "block1.0.weight" in state:
-        w = state["block1.0.weight"]
-        return f"conv4 (in_channels={w.shape[1]}, hidden={w.shape[0]})"
-    if "layer1.0.conv1.weight" not in state:
-        return None
-    if "conv1.weight" not in state:  # no stem convolution: ResNet-12
-        widths = tuple(state[f"layer{i}.0.conv1.weight"].shape[0] for i in range(1, 5)
-                       if f"layer{i}.0.conv1.weight" in state)
-        return f"resnet12 (in_channels={state['layer1.0.conv1.weight'].shape[1]}, widths={widths})"
-    in_channels = state["conv1.weight"].shape[1]
-    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-    bottleneck = "layer1.0.conv3.weight" in state
-    known = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34", (True, (3, 4, 6, 3)): "resnet50",
-             (True, (3, 4, 23, 3)): "resnet101", (True, (3, 8, 36, 3)): "resnet152"}
-    name = known.get((bottleneck, blocks), f"a ResNet with {'bottleneck' if bottleneck else 'basic'} blocks {blocks}")
-    small = state["conv1.weight"].shape[-1] == 3
-    return f"{name} (in_channels={in_channels}, small_input={small})"
-
-
 def _best_prefix(state: dict[str, torch.Tensor],
                  model_keys: set[str]) -> tuple[dict[str, torch.Tensor], str, list[str]]:
     """Strip the run of known prefixes (e.g. ``module.backbone.``) that matches the most model keys;
@@ -182,14 +120,21 @@ def _best_prefix(state: dict[str, torch.Tensor],
     return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}, best, dropped
 
 
+def _model_prefix(keys: list[str]) -> str:
+    """The known prefix every key of a model has (``model.`` of the timm/torchvision wrappers), or ``""``."""
+    return next((p for p in _PREFIXES if keys and all(k.startswith(p) for k in keys)), "")
+
+
 def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
                     in_channels_adapt: bool = True) -> LoadReport:
-    """Load a checkpoint into ``model`` in place; a file written by :func:`save_backbone` also sets
-    ``model.spec`` to the input its weights were trained on (feed the data with
-    :func:`fewshot.backbones.spec.normalise_for`).
+    """Load a checkpoint into ``model`` in place. A file written by :func:`save_backbone`, or a Hugging Face
+    style folder whose ``config.json`` has timm's ``pretrained_cfg`` (:mod:`fewshot.backbones.weight_files`), also sets
+    ``model.spec`` to the input its weights were trained on; a :class:`Backbone` is marked ``pretrained`` (the
+    app then feeds the data with :func:`fewshot.backbones.spec.normalise_for`).
 
     Keys are matched after stripping ``module.``, ``backbone.``, ``encoder.`` and ``model.``
-    prefixes (in any nesting) and dropping classifier heads (``fc.*``, ``classifier.*``, ...).
+    prefixes (in any nesting) and dropping classifier heads (``fc.*``, ``classifier.*``, ...); a
+    timm/torchvision wrapper's own ``model.`` prefix is matched too, so the library's files load into it.
 
     Channel adaptation (``in_channels_adapt``): when the model's first convolution takes 1
     channel and the file's takes 3, its weights are summed over the input channels, so grey
@@ -199,15 +144,20 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
 
     Args:
         model: the backbone (or any module) to fill.
-        path: a ``.safetensors`` file, or a PyTorch file (read with ``weights_only=True``).
+        path: a ``.safetensors`` file, a PyTorch file (read with ``weights_only=True``), or a model
+            folder (``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``).
         strict: raise :class:`WeightsMismatchError` (a ``ValueError``) with the report unless every
             model key is filled and every file key used; otherwise load what fits and log a warning.
         in_channels_adapt: convert the first convolution between 1 and 3 input channels.
     Returns:
         The :class:`LoadReport`.
     """
+    folder = FolderConfig()
+    if Path(path).is_dir():
+        path, folder = read_folder(Path(path))
     raw, metadata = read_checkpoint(path)
-    target = model.state_dict()
+    inner = _model_prefix(list(model.state_dict()))
+    target = {k[len(inner):]: v for k, v in model.state_dict().items()}
     state, prefix, dropped = _best_prefix(raw, set(target))
     first_conv = next((k for k, v in target.items() if v.ndim == 4), None)
     loaded, unexpected, mismatched, adapted = {}, [], [], []
@@ -230,21 +180,28 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     report = LoadReport(
         source=str(path), loaded=tuple(loaded), missing=tuple(missing), unexpected=tuple(unexpected),
         mismatched=tuple(mismatched), dropped=tuple(dropped), adapted=tuple(adapted), stripped_prefix=prefix,
-        guess=guess_architecture(state, metadata),
+        guess=guess_architecture(state, metadata) or (folder.architecture and f"{folder.architecture} (config.json)"),
     )
     if not report.ok:
         if strict:
-            raise WeightsMismatchError(f"{report}\n  the model is {type(model).__name__}; fix the backbone "
-                                       "configuration to match the file, or pass strict=False to load what fits")
+            looks = f" (the file looks like {report.guess})" if report.guess else ""
+            raise WeightsMismatchError(f"{report}\n  {path} does not fit {type(model).__name__}{looks}; fix the "
+                                       "backbone configuration to match the file, or pass strict=False to load what "
+                                       "fits")
         logger.warning("partial load into %s:\n%s", type(model).__name__, report)
-    model.load_state_dict(loaded, strict=False)
-    if _META_SPEC in metadata and isinstance(getattr(model, "spec", None), BackboneSpec):
-        model.spec = _spec_from_metadata(metadata)  # the input the loaded weights were trained on
+    model.load_state_dict({inner + k: v for k, v in loaded.items()}, strict=False)
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, BackboneSpec):  # the input the loaded weights were trained on, where the file says it
+        spec = _spec_from_metadata(metadata) if META_SPEC in metadata else folder.spec(spec.in_channels)
+        if spec is not None:
+            model.spec = spec
+    if isinstance(model, Backbone):
+        model.pretrained = True
     return report
 
 
 def _spec_from_metadata(metadata: Mapping[str, str]) -> BackboneSpec:
-    fields = json.loads(metadata[_META_SPEC])
+    fields = json.loads(metadata[META_SPEC])
     return BackboneSpec(input_size=tuple(fields["input_size"]), in_channels=int(fields["in_channels"]),
                         mean=tuple(fields["mean"]), std=tuple(fields["std"]))
 
@@ -275,9 +232,9 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str], *, name: str,
         raise ValueError(f"the model does not match create_backbone({name!r}, **{kwargs_json}), so it could not be "
                          f"rebuilt from the file; differences: {diff[:5]}")
     spec = getattr(model, "spec", None)
-    metadata = {_META_NAME: name, _META_KWARGS: kwargs_json}
+    metadata = {META_NAME: name, META_KWARGS: kwargs_json}
     if isinstance(spec, BackboneSpec):
-        metadata[_META_SPEC] = json.dumps(asdict(spec))
+        metadata[META_SPEC] = json.dumps(asdict(spec))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -294,9 +251,9 @@ def load_backbone(path: str | os.PathLike[str]) -> nn.Module:
     except SafetensorError as err:
         raise ValueError(f"{path} is not a safetensors file ({err}); build the model with create_backbone "
                          "and use load_pretrained") from err
-    if _META_NAME not in metadata:
+    if META_NAME not in metadata:
         raise ValueError(f"{path} has no fewshot backbone metadata (not written by save_backbone); build the "
                          "model with create_backbone(...) and load it with load_pretrained")
-    model = create_backbone(metadata[_META_NAME], **json.loads(metadata.get(_META_KWARGS, "{}")))
+    model = create_backbone(metadata[META_NAME], **json.loads(metadata.get(META_KWARGS, "{}")))
     load_pretrained(model, path, strict=True, in_channels_adapt=False)  # sets model.spec from the metadata
     return model

@@ -1,5 +1,6 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
+from fewshot.evaluation.episode_plot import episode_figure, plot_episode
 from fewshot.evaluation.harness import OneProcess, Shards, check_settings, evaluate, evaluate_settings
 from fewshot.evaluation.metrics import (
     PairedComparison,
@@ -23,7 +24,15 @@ from fewshot.evaluation.report import (
     write_markdown,
 )
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
-from fewshot.evaluation.runs import check_same_test_data, check_test_set, gather_results, run_label, write_results
+from fewshot.evaluation.runs import (
+    check_same_test_data,
+    check_test_set,
+    different_copies,
+    gather_results,
+    run_label,
+    write_results,
+)
+from fewshot.evaluation.variable import check_variable, evaluate_variable
 
 __all__ = [
     "Comparison",
@@ -38,16 +47,21 @@ __all__ = [
     "check_same_test_data",
     "check_settings",
     "check_test_set",
+    "check_variable",
     "collect_provenance",
     "csv_rows",
+    "different_copies",
+    "episode_figure",
     "evaluate",
     "evaluate_settings",
+    "evaluate_variable",
     "gather_results",
     "holm_adjust",
     "markdown_table",
     "mean_ci95",
     "paired_comparison",
     "plot_accuracy_vs_shots",
+    "plot_episode",
     "plot_learning_curve",
     "read_json",
     "run_label",

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from episodes import FewShotDataset
+from episodes.episode_file import EpisodesFile, FixedEpisodes
 from episodes.sampler import EpisodeSampler
 from fewshot.evaluation.metrics import mean_ci95, paired_comparison
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
@@ -125,6 +126,7 @@ def evaluate(
     embed_chunk: int = 1024,
     train_dataset: str | None = None,
     permutations: int = 10_000,
+    episodes_file: EpisodesFile | None = None,
 ) -> EvaluationResult:
     """Score every learner on the same ``episodes`` seeded tasks of ``dataset``.
 
@@ -144,13 +146,15 @@ def evaluate(
         embed_chunk: images per embedding forward pass when ``embed_once``.
         train_dataset: name of the learners' training data, recorded for cross-domain tables.
         permutations: random sign patterns of the permutation test of each pair (0 skips it).
+        episodes_file: score the episodes of this file (see :func:`evaluate_settings`) instead of seeded ones.
     Returns:
         per-episode accuracies (float64, (episodes,)), mean and 95% CI per learner, and a paired
         comparison of every pair of learners.
     """
     return evaluate_settings(learners, dataset, settings=[(n_way, n_shot)], n_query=n_query, episodes=episodes,
                              seed=seed, batch_size=batch_size, device=device, progress=progress, embed_once=embed_once,
-                             embed_chunk=embed_chunk, train_dataset=train_dataset, permutations=permutations)[0]
+                             embed_chunk=embed_chunk, train_dataset=train_dataset, permutations=permutations,
+                             episodes_file=episodes_file)[0]
 
 
 def evaluate_settings(
@@ -169,13 +173,17 @@ def evaluate_settings(
     train_dataset: str | None = None,
     permutations: int = 10_000,
     shards: Shards | None = None,
+    episodes_file: EpisodesFile | None = None,
 ) -> list[EvaluationResult]:
     """:func:`evaluate` for several ``(n_way, n_shot)`` settings, one result each, in order.
 
     An :class:`EmbeddingLearner` embeds each image used by any setting only once. With ``shards`` (several
     processes, each calling this), a process embeds its block of the ``embed_chunk`` image chunks and scores its
     block of the ``batch_size`` episode batches; features and accuracies are gathered in order, so every process
-    returns the one-process results bit for bit.
+    returns the one-process results bit for bit. With ``episodes_file`` (:func:`episodes.episode_file.
+    read_episodes_file`) the episodes are the file's sets of these settings (``ValueError`` if ``dataset`` is not the
+    data it was made on, or it holds no set of a setting with ``n_query`` and ``episodes``) instead of those drawn
+    with ``seed``; the results' specs record the file's checksum.
     """
     device = torch.device(device)
     _check_learners(learners, device)
@@ -185,8 +193,12 @@ def evaluate_settings(
         raise ValueError(f"permutations must be an integer >= 0 (0 skips the permutation test), got {permutations!r}")
     shards = shards or OneProcess()
     data = dataset.to(device)
-    samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
-                for w, k in settings]
+    if episodes_file is None:
+        samplers = [EpisodeSampler(data, n_way=w, n_shot=k, n_query=n_query, seed=seed, num_episodes=episodes)
+                    for w, k in settings]
+    else:
+        episodes_file.check_dataset(dataset)
+        samplers = [FixedEpisodes(data, s) for s in episodes_file.select(settings, n_query=n_query, episodes=episodes)]
     ids = torch.arange(episodes, device=device)
     chunks = ids.split(batch_size)
     lo, hi = shards.block(len(chunks))
@@ -227,9 +239,11 @@ def evaluate_settings(
     empty = torch.zeros(0, dtype=torch.float64)
     accuracies = [{name: shards.gather(torch.cat(parts) if parts else empty) for name, parts in by_name.items()}
                   for by_name in scores]
-    return [_result(learners, acc, data.name, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes,
-                    seed=seed, train_dataset=train_dataset, permutations=permutations)
-            for acc, (n_way, n_shot) in zip(accuracies, settings, strict=True)]
+    checksum = None if episodes_file is None else episodes_file.checksum
+    return [_result(learners, acc, EpisodeSpec(dataset=data.name, n_way=n_way, n_shot=n_shot, n_query=n_query,
+                                               episodes=episodes, seed=sampler.seed, episodes_file=checksum),
+                    train_dataset=train_dataset, permutations=permutations)
+            for acc, (n_way, n_shot), sampler in zip(accuracies, settings, samplers, strict=True)]
 
 
 def check_settings(learners: Mapping[str, Learner], dataset: FewShotDataset, *, settings: Sequence[tuple[int, int]],
@@ -249,23 +263,22 @@ def check_settings(learners: Mapping[str, Learner], dataset: FewShotDataset, *, 
             learner.check_ways(n_way)
 
 
-def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor], dataset: str, *, n_way: int,
-            n_shot: int, n_query: int, episodes: int, seed: int, train_dataset: str | None,
-            permutations: int) -> EvaluationResult:
+def _result(learners: Mapping[str, Learner], accuracies: dict[str, torch.Tensor], spec: EpisodeSpec, *,
+            train_dataset: str | None, permutations: int) -> EvaluationResult:
+    """Every learner's mean and 95% CI on the episodes ``spec`` describes, and the paired comparisons."""
     results = []
     for name in learners:
         mean, half = mean_ci95(accuracies[name])
         results.append(LearnerResult(name, accuracies[name], mean, half, learners[name].transductive))
-        logger.info("%s on %s %d-way %d-shot: %.2f +- %.2f%%", name, dataset, n_way, n_shot, 100 * mean, 100 * half)
+        logger.info("%s on %s %s: %.2f +- %.2f%%", name, spec.dataset, spec.setting, 100 * mean, 100 * half)
     comparisons = tuple(
-        Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=seed))
+        Comparison(a, b, paired_comparison(accuracies[a], accuracies[b], permutations=permutations, seed=spec.seed))
         for a, b in itertools.combinations(learners, 2)
     )
     for a, b in itertools.combinations(learners, 2):
         if learners[a].transductive != learners[b].transductive:
             trans, ind = (a, b) if learners[a].transductive else (b, a)
             logger.warning("paired comparison of %s (transductive: it uses the unlabelled query set) with %s "
-                           "(inductive) on %s %d-way %d-shot: the two protocols are not comparable", trans, ind,
-                           dataset, n_way, n_shot)
-    spec = EpisodeSpec(dataset=dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
-    return EvaluationResult(spec, tuple(results), comparisons, train_dataset, dataset)
+                           "(inductive) on %s %s: the two protocols are not comparable", trans, ind, spec.dataset,
+                           spec.setting)
+    return EvaluationResult(spec, tuple(results), comparisons, train_dataset, spec.dataset)

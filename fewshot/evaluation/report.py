@@ -8,6 +8,7 @@ from several datasets). Every file is written atomically (a temporary file, then
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -24,16 +25,17 @@ import torch
 
 from episodes import FewShotDataset
 from episodes.files import atomic_write, atomic_write_text
+from episodes.fingerprint import content_fingerprint
 from fewshot._version import __version__
 from fewshot.evaluation.ledger import Verdict, cell_verdict
 from fewshot.evaluation.metrics import holm_adjust
-from fewshot.evaluation.results import EvaluationResult, LearnerResult
+from fewshot.evaluation.results import EpisodeSpec, EvaluationResult, LearnerResult
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fewshot-evaluation/1"
 CSV_COLUMNS = ("method", "train_dataset", "test_dataset", "n_way", "n_shot", "n_query", "episodes", "seed",
-               "mean", "ci95")
+               "mean", "ci95", "variable")
 
 
 def _as_list(results: EvaluationResult | Iterable[EvaluationResult]) -> list[EvaluationResult]:
@@ -64,11 +66,13 @@ def collect_provenance(*, config: Mapping[str, Any] | None = None, seed: int | N
         config: the full run configuration as plain JSON-ready values (e.g. ``OmegaConf.to_container``).
         seed: the run's seed.
         device: the device the evaluation ran on, e.g. ``"cuda:0"``.
-        test_set: the classes tested on: their names and image counts are recorded (``test_data``), so a
-            re-test can check it scores the same ones.
+        test_set: the classes tested on: their names, image counts and content fingerprint
+            (:func:`episodes.fingerprint.content_fingerprint`: which copy of the data) are recorded (``test_data``), so
+            a re-test can check it scores the same ones and ``report`` which results are comparable.
     """
     tested = None if test_set is None else {"name": test_set.name, "classes": list(test_set.class_names),
-                                            "class_sizes": test_set.class_sizes.tolist()}
+                                            "class_sizes": test_set.class_sizes.tolist(),
+                                            "fingerprint": content_fingerprint(test_set)}
     return {
         "test_data": tested,
         "config": dict(config) if config is not None else None,
@@ -113,15 +117,18 @@ def read_json(path: str | os.PathLike[str]) -> tuple[list[EvaluationResult], dic
 
 
 def csv_rows(results: EvaluationResult | Iterable[EvaluationResult]) -> list[dict[str, Any]]:
-    """One row per learner per result, with the keys of ``CSV_COLUMNS`` (mean, ci95 in [0, 1])."""
+    """One row per learner per result, with the keys of ``CSV_COLUMNS`` (mean, ci95 in [0, 1]). Variable episodes
+    leave n_way, n_shot and n_query empty and give their distribution (``spec.variable``) as JSON in ``variable``."""
     rows = []
     for result in _as_list(results):
         spec = result.spec
+        fixed = spec.variable is None
         for learner in result.learners:
             rows.append({"method": learner.name, "train_dataset": result.train_dataset or "",
-                         "test_dataset": result.test_dataset, "n_way": spec.n_way, "n_shot": spec.n_shot,
-                         "n_query": spec.n_query, "episodes": spec.episodes, "seed": spec.seed,
-                         "mean": learner.mean, "ci95": learner.ci95})
+                         "test_dataset": result.test_dataset, "n_way": spec.n_way if fixed else "",
+                         "n_shot": spec.n_shot if fixed else "", "n_query": spec.n_query if fixed else "",
+                         "episodes": spec.episodes, "seed": spec.seed, "mean": learner.mean, "ci95": learner.ci95,
+                         "variable": "" if fixed else json.dumps(dataclasses.asdict(spec.variable))})
     return rows
 
 
@@ -142,7 +149,8 @@ def _dataset_label(result: EvaluationResult) -> str:
 def _cells(results: list[EvaluationResult]) -> tuple[list[str], list[str], dict[tuple[str, str], LearnerResult]]:
     """Merge results into (methods, column labels, {(method, column): result}) in first-seen order."""
     dataset_order = list(dict.fromkeys(_dataset_label(r) for r in results))
-    ordered = sorted(results, key=lambda r: (dataset_order.index(_dataset_label(r)), r.spec.n_way, r.spec.n_shot))
+    ordered = sorted(results, key=lambda r: (dataset_order.index(_dataset_label(r)), r.spec.variable is not None,
+                                             r.spec.n_way, r.spec.n_shot))  # variable episodes after fixed ones
     columns: list[str] = []
     methods: list[str] = []
     cells: dict[tuple[str, str], LearnerResult] = {}
@@ -205,6 +213,16 @@ def markdown_table(results: EvaluationResult | Iterable[EvaluationResult], *, di
     return "\n".join(lines) + "\n"
 
 
+def _episodes_source(spec: EpisodeSpec) -> str:
+    if spec.episodes_file is not None:
+        return f"episodes file {spec.episodes_file[:12]}"
+    shape = spec.variable
+    return f"seed {spec.seed}" if shape is None else (
+        f"seed {spec.seed}; Meta-Dataset sampling: support set of at most {shape.max_support} images, a class adding "
+        f"at most {shape.max_support_per_class} to its size draw; class log-weights in [{shape.min_log_weight:.3g}, "
+        f"{shape.max_log_weight:.3g}]")
+
+
 def comparisons_markdown(results: EvaluationResult | Iterable[EvaluationResult], *, alpha: float = 0.05) -> str:
     """Every paired comparison, one section per episode set: ``A - B`` in points with its 95% interval, the paired
     t-test's p-value and its Holm adjustment over that episode set's comparisons (:func:`holm_adjust`), whether
@@ -219,8 +237,8 @@ def comparisons_markdown(results: EvaluationResult | Iterable[EvaluationResult],
             continue
         spec, kinds = result.spec, {r.name: r.transductive for r in result.learners}
         adjusted = holm_adjust([c.result.p_value for c in result.comparisons])
-        lines = [f"## {_dataset_label(result)} {spec.setting}, {spec.n_query} queries per class, {spec.episodes} "
-                 f"episodes (seed {spec.seed})", "",
+        lines = [f"## {_dataset_label(result)} {spec.setting}, {spec.queries}, {spec.episodes} "
+                 f"episodes ({_episodes_source(spec)})", "",
                  f"| A | B | A − B (points) | 95% CI | p | Holm p | significant at {alpha:g} | Wilcoxon p |",
                  "|---|---|---:|---:|---:|---:|---|---:|"]
         for comparison, holm in zip(result.comparisons, adjusted, strict=True):
@@ -261,10 +279,14 @@ def plot_accuracy_vs_shots(path: str | os.PathLike[str], results: EvaluationResu
     """Accuracy (percent, with 95% error bars) against shots, one line per method (and per dataset
     and n_way when the results span several).
 
-    Returns the PNG path, or None when matplotlib is missing (a warning is logged).
+    Results of variable episodes (``spec.variable``: no fixed shot count) are left out. Returns the PNG path, or
+    None when matplotlib is missing (a warning is logged) or every result is of variable episodes.
     """
     items = _as_list(results)
     _cells(items)  # raises on two results for one method and setting
+    items = [r for r in items if r.spec.variable is None]
+    if not items:
+        return None
     qualify = len({(_dataset_label(r), r.spec.n_way) for r in items}) > 1
     lines: dict[str, list[tuple[int, float, float]]] = {}
     for result in items:

@@ -4,11 +4,12 @@ pairwise comparisons; plain-JSON round trip for the result files."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from episodes.variable import VariableShape
 from fewshot.evaluation.metrics import PairedComparison
 
 __all__ = ["Comparison", "EpisodeSpec", "EvaluationResult", "LearnerResult"]
@@ -16,7 +17,14 @@ __all__ = ["Comparison", "EpisodeSpec", "EvaluationResult", "LearnerResult"]
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """Which episodes were scored: ``episodes`` tasks of ``dataset`` drawn with ``seed``."""
+    """Which episodes were scored: ``episodes`` tasks of ``dataset`` drawn with ``seed``, or read from the episodes
+    file whose checksum is ``episodes_file`` (:mod:`episodes.episode_file`; ``seed`` is then the one it records).
+
+    Fixed-shape episodes have ``n_way`` classes of ``n_shot`` support and ``n_query`` query images each. Variable
+    (Meta-Dataset-style) episodes, drawn by :class:`episodes.variable.VariableEpisodeSampler`, record their
+    distribution in ``variable`` and have ``n_way = n_shot = n_query = 0`` (the counts differ from episode to
+    episode); two specs are equal only when they describe the same episodes.
+    """
 
     dataset: str
     n_way: int
@@ -24,11 +32,36 @@ class EpisodeSpec:
     n_query: int
     episodes: int
     seed: int
+    episodes_file: str | None = None
+    variable: VariableShape | None = None
+
+    def __post_init__(self) -> None:
+        counts = (self.n_way, self.n_shot, self.n_query)
+        if self.variable is not None and (counts != (0, 0, 0) or self.episodes_file is not None):
+            raise ValueError(f"variable episodes have no fixed n_way, n_shot, n_query and no episodes file; got "
+                             f"{counts} and {self.episodes_file!r}: give 0, 0, 0 and None")
+        if self.variable is None and min(counts) < 1:
+            raise ValueError(f"n_way, n_shot and n_query must be >= 1, got {counts}; variable episodes set "
+                             "variable=VariableShape(...) with 0, 0, 0")
 
     @property
     def setting(self) -> str:
-        """The column label of a results table, e.g. ``"5-way 1-shot"``."""
-        return f"{self.n_way}-way {self.n_shot}-shot"
+        """The column label of a results table, e.g. ``"5-way 1-shot"``; variable episodes:
+        ``"variable-way variable-shot (5-50 ways)"``, or ``"5-way variable-shot"`` when the ways are fixed."""
+        if self.variable is None:
+            return f"{self.n_way}-way {self.n_shot}-shot"
+        low, high = self.variable.min_way, self.variable.max_way
+        return f"{low}-way variable-shot" if low == high else f"variable-way variable-shot ({low}-{high} ways)"
+
+    @property
+    def queries(self) -> str:
+        """The query sets in words, e.g. ``"15 queries per class"``; variable episodes: at most ``max_query`` per
+        class, the same number for every class of an episode, fewer where one of its classes is small."""
+        if self.variable is None:
+            return f"{self.n_query} queries per class"
+        cap = self.variable.max_query
+        return (f"at most {cap} queries per class, the same number for every class of an episode; fewer where one "
+                f"of its classes has under {2 * cap} images (half the smallest class, rounded down)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,9 +119,14 @@ class EvaluationResult:
         raise KeyError(f"no learner named {name!r}; have {[r.name for r in self.learners]}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (per-episode accuracies as lists of floats)."""
+        """Plain JSON-ready values (per-episode accuracies as lists of floats; ``spec.episodes_file`` and
+        ``spec.variable`` only when set, so results of seeded fixed-shape episodes keep the format they always
+        had)."""
+        spec = {k: v for k, v in vars(self.spec).items() if k not in ("episodes_file", "variable") or v is not None}
+        if self.spec.variable is not None:
+            spec["variable"] = asdict(self.spec.variable)
         return {
-            "spec": vars(self.spec).copy(),
+            "spec": spec,
             "learners": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "transductive": r.transductive,
                           "ledger": r.ledger, "accuracies": r.accuracies.tolist()} for r in self.learners],
             "comparisons": [{"learner_a": c.learner_a, "learner_b": c.learner_b, **c.result.to_dict()}
@@ -105,8 +143,11 @@ class EvaluationResult:
             entry = dict(entry)
             a, b = entry.pop("learner_a"), entry.pop("learner_b")
             comparisons.append(Comparison(a, b, PairedComparison.from_dict(entry)))
+        spec = dict(data["spec"])
+        if spec.get("variable") is not None:
+            spec["variable"] = VariableShape(**spec["variable"])
         return EvaluationResult(
-            spec=EpisodeSpec(**data["spec"]),
+            spec=EpisodeSpec(**spec),
             learners=tuple(LearnerResult(r["name"], torch.tensor(r["accuracies"], dtype=torch.float64),
                                          float(r["mean"]), float(r["ci95"]), bool(r.get("transductive", False)),
                                          r.get("ledger"))

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from episodes import FewShotDataset
 from episodes.files import atomic_write_text
+from episodes.fingerprint import content_fingerprint, short
 from fewshot.evaluation.metrics import paired_comparison
 from fewshot.evaluation.report import (
     comparisons_markdown,
@@ -25,23 +27,28 @@ from fewshot.evaluation.report import (
 )
 from fewshot.evaluation.results import Comparison, EvaluationResult
 
-__all__ = ["check_same_test_data", "check_test_set", "gather_results", "pool_same_episodes", "run_label",
-           "write_results"]
+__all__ = ["check_same_test_data", "check_test_set", "different_copies", "gather_results", "pool_same_episodes",
+           "run_label", "write_results"]
 
 log = logging.getLogger(__name__)
 
 
-def write_results(out_dir: Path, results: list[EvaluationResult], provenance: dict[str, Any]) -> None:
+def write_results(out_dir: Path, results: list[EvaluationResult], provenance: dict[str, Any], *,
+                  notes: Sequence[str] = ()) -> None:
     """``results.json`` (with ``provenance``), ``results.csv``, ``results.md`` (starting with the data trained on
-    and tested on, and the query sets' class balance), ``comparisons.md`` (every paired test, Holm-adjusted, when
-    there is one) and ``accuracy_vs_shots.png`` in ``out_dir``."""
+    and tested on, the query sets' class balance and ``notes``, e.g. :func:`different_copies`), ``comparisons.md``
+    (every paired test, Holm-adjusted, when there is one) and ``accuracy_vs_shots.png`` in ``out_dir``."""
     write_json(out_dir / "results.json", results, provenance=provenance)
     write_csv(out_dir / "results.csv", results)
     pairs = dict.fromkeys((r.train_dataset or "?", r.test_dataset) for r in results)
     lines = "".join(f"- trained on `{train}`, tested on `{test}`\n" for train, test in pairs)
-    queries = sorted({r.spec.n_query for r in results})
-    lines += (f"- query sets balanced: {' or '.join(map(str, queries))} queries per class in every episode (the "
-              "transductive methods' assumption holds)\n")
+    fixed = sorted({r.spec.n_query for r in results if r.spec.variable is None})
+    if fixed:
+        lines += (f"- query sets balanced: {' or '.join(map(str, fixed))} queries per class in every episode (the "
+                  "transductive methods' assumption holds)\n")
+    lines += "".join(f"- variable episodes' query sets balanced: {queries}\n"
+                     for queries in dict.fromkeys(r.spec.queries for r in results if r.spec.variable is not None))
+    lines += "".join(f"- {note}\n" for note in notes)
     atomic_write_text(out_dir / "results.md", f"{lines}\n{markdown_table(results)}")
     if any(r.comparisons for r in results):
         atomic_write_text(out_dir / "comparisons.md", comparisons_markdown(results))
@@ -68,17 +75,17 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
     so one table holds them all.
 
-    Results of different runs on the same episodes (same dataset, setting, query count, episode count and seed,
-    and the same recorded test classes) are pooled into one :class:`EvaluationResult` holding every pair's paired
-    comparison (:func:`pool_same_episodes`), so any two runs can be compared episode by episode.
+    Results of different runs on the same episodes (same dataset, setting, query count, episode count and seed or
+    episodes file, the same variable-episode distribution where the episodes are variable, the same recorded test
+    classes and the same copy of the data: content fingerprint) are pooled
+    into one :class:`EvaluationResult` holding every pair's paired comparison (:func:`pool_same_episodes`), so any
+    two runs can be compared episode by episode. Results on different copies of the same classes are not pooled,
+    and a warning names them (:func:`different_copies`).
     """
-    files = sorted(p for p in root.rglob("results.json")
-                   if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
-                   and (skip is None or skip not in p.parents))
-    if not files:
-        raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
-                                "fewshot-train wrote>")
-    loaded = [(path, *read_json(path)) for path in files]
+    loaded = _load_results(root, include_eval=include_eval, skip=skip)
+    copies = _fingerprints(loaded)
+    for note in _copies(loaded, root):
+        log.warning("%s", note)
     seen: dict[tuple[str, str, str], int] = {}
     for _, results, _ in loaded:
         for result in results:
@@ -87,7 +94,7 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
                 seen[key] = seen.get(key, 0) + 1
     merged = []
     for path, results, provenance in loaded:
-        tested = json.dumps(provenance.get("test_data"), sort_keys=True)
+        tested = _pool_key(provenance, copies)
         for result in results:
             def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
                 clash = seen[name, result.test_dataset, result.spec.setting] > 1
@@ -99,12 +106,76 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     return pool_same_episodes(merged)
 
 
+Loaded = list[tuple[Path, list[EvaluationResult], dict[str, Any]]]
+
+
+def _load_results(root: Path, *, include_eval: bool, skip: Path | None) -> Loaded:
+    files = sorted(p for p in root.rglob("results.json")
+                   if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
+                   and (skip is None or skip not in p.parents))
+    if not files:
+        raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
+                                "fewshot-train wrote>")
+    return [(path, *read_json(path)) for path in files]
+
+
+def _tested(provenance: dict[str, Any]) -> tuple[str, str | None]:
+    """The recorded test classes (as JSON, without the fingerprint) and the test data's content fingerprint (None
+    in results written before fingerprints were recorded)."""
+    tested = dict(provenance.get("test_data") or {})
+    fingerprint = tested.pop("fingerprint", None)
+    return json.dumps(tested or None, sort_keys=True), fingerprint
+
+
+def _fingerprints(loaded: Loaded) -> dict[str, dict[str, list[Path]]]:
+    """Recorded test classes -> content fingerprint -> the results files scored on that copy."""
+    copies: dict[str, dict[str, list[Path]]] = {}
+    for path, _, provenance in loaded:
+        tested, fingerprint = _tested(provenance)
+        if fingerprint is not None:
+            copies.setdefault(tested, {}).setdefault(fingerprint, []).append(path)
+    return copies
+
+
+def _pool_key(provenance: dict[str, Any], copies: dict[str, dict[str, list[Path]]]) -> str:
+    """Results pool only on the same test classes and the same copy of the data; a result without a fingerprint
+    (an older file) counts as scored on the copy the others were, when they all agree on one."""
+    tested, fingerprint = _tested(provenance)
+    known = copies.get(tested, {})
+    if fingerprint is None and len(known) == 1:
+        fingerprint = next(iter(known))
+    return f"{tested} {fingerprint}"
+
+
+def _copies(loaded: Loaded, root: Path) -> list[str]:
+    notes = []
+    for tested, copies in _fingerprints(loaded).items():
+        if len(copies) < 2:
+            continue
+        name = json.loads(tested)["name"] if tested != "null" else "?"
+        runs = "; ".join(f"{short(fingerprint)}: {', '.join(run_label(p, root) for p in paths)}"
+                         for fingerprint, paths in copies.items())
+        notes.append(f"not comparable: results on {name} were scored on {len(copies)} different copies of the test "
+                     f"data (same classes, other pixels; content fingerprints {runs}); python -m fewshot data check "
+                     "says which copy a folder holds")
+    return notes
+
+
+def different_copies(root: Path, *, include_eval: bool = False, skip: Path | None = None) -> list[str]:
+    """One line for each test set whose results under ``root`` (chosen as :func:`gather_results` chooses them) were
+    scored on different copies of the data: the same classes and image counts, different content fingerprints
+    (:func:`episodes.fingerprint.content_fingerprint`), naming the runs of each copy. Such results are not pooled
+    and not comparable."""
+    return _copies(_load_results(root, include_eval=include_eval, skip=skip), root)
+
+
 def pool_same_episodes(results: list[tuple[str, EvaluationResult]]) -> list[EvaluationResult]:
     """Pool results scored on identical episodes into one result per episode set, in first-seen order.
 
     Args:
-        results: (test-data key, result) pairs; results with equal keys, specs and datasets were scored on the
-            same episodes (the sampler is a pure function of its seed), so their per-episode accuracies pair up.
+        results: (test-data key, result) pairs; results with equal keys, specs (every field, the variable-episode
+            distribution included) and datasets were scored on the same episodes (the sampler is a pure function of
+            its seed), so their per-episode accuracies pair up.
             The key is any string that identifies the test classes (e.g. the recorded ``test_data`` as JSON).
     Returns:
         One result per episode set with every learner (names must differ) and every pair's paired t-test, the
@@ -152,13 +223,18 @@ def check_test_set(test_set: FewShotDataset, *, channels: int, image_size: int,
 
 def check_same_test_data(results_file: Path, test_set: FewShotDataset) -> None:
     """Refuse (``ValueError`` saying what changed) to re-test on classes other than those a run was tested on, as
-    recorded in its ``results_file`` (``provenance.test_data``); files without the record are not checked."""
+    recorded in its ``results_file`` (``provenance.test_data``), and warn when the classes are the same but the images
+    are not (another content fingerprint); files without the record are not checked."""
     tested = read_json(results_file)[1].get("test_data")
     if not tested:
         return
     then = dict(zip(tested["classes"], tested["class_sizes"], strict=True))
     now = dict(zip(test_set.class_names, test_set.class_sizes.tolist(), strict=True))
     if then == now:
+        if tested.get("fingerprint") not in (None, found := content_fingerprint(test_set)):
+            log.warning("the test images differ from those %s was tested on (another copy of the same classes: content "
+                        "fingerprint %s, then %s): the re-test's numbers are not comparable with the run's",
+                        results_file, short(found), short(tested["fingerprint"]))
         return
     missing, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
     resized = sorted(c for c in set(then) & set(now) if then[c] != now[c])

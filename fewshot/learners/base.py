@@ -121,7 +121,9 @@ class Learner(nn.Module, abc.ABC):
         """Adapt on each task's support set and score its query set.
 
         Args:
-            batch: B tasks; support_x (B, n_way*n_shot, C, H, W), query_x (B, n_way*n_query, C, H, W).
+            batch: B tasks; support_x (B, n_way*n_shot, C, H, W), query_x (B, n_way*n_query, C, H, W). Variable-shot
+                episodes (:class:`episodes.variable.VariableEpisodeSampler`, B = 1) hold ``batch.shots[0, c]`` support
+                images of label ``c``: a learner works from ``support_y``, never from a shot count.
         Returns:
             (B, n_way*n_query, n_way) logits, one row per query image.
         """
@@ -212,8 +214,8 @@ class EmbeddingLearner(Learner):
         """Adapt on support features and score query features.
 
         Args:
-            support: (B, n_way*n_shot, D) support features.
-            support_y: (B, n_way*n_shot) int64 labels in [0, n_way).
+            support: (B, n_way*n_shot, D) support features (or (B, S, D), classes of different sizes).
+            support_y: (B, n_way*n_shot) int64 labels in [0, n_way), every label present.
             query: (B, n_way*n_query, D) query features.
             n_way: number of classes per task.
         Returns:

@@ -39,6 +39,7 @@ from fewshot.evaluation.results import EvaluationResult
 from fewshot.learners.base import EmbeddingLearner, Learner, MetaLearner
 from fewshot.training.collectives import GlobalBatchNorm, GradientAverager, broadcast_state
 from fewshot.training.meta_train import TrainResult, TrainSettings, Validator, meta_train
+from fewshot.training.tensorboard import TensorBoardLog
 
 __all__ = [
     "DistributedContext",
@@ -150,6 +151,7 @@ def distributed_meta_train(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     sync_batch_norm: bool | Literal["auto"] = "auto",
+    tensorboard: TensorBoardLog | None = None,
 ) -> TrainResult:
     """:func:`~fewshot.training.meta_train.meta_train` on every rank of ``ctx``, each on its share of every
     meta-batch (``settings.meta_batch`` is the global number of tasks per step; it must divide evenly).
@@ -157,7 +159,7 @@ def distributed_meta_train(
     Args:
         learner: configured meta-learner on ``ctx.device``; rank 0's parameters are broadcast first.
         sampler: the same seeded training sampler on every rank.
-        settings, validate, run_dir, config, progress: as for ``meta_train`` (files and logs from rank 0;
+        settings, validate, run_dir, config, progress, tensorboard: as for ``meta_train`` (files and logs from rank 0;
             ``validate`` runs on every rank: build it on :func:`evaluate_distributed` to share the work).
         sync_batch_norm: normalise train-mode batch norm over the global meta-batch (:class:`GlobalBatchNorm`);
             ``"auto"`` does so for embedding learners (ProtoNet), whose ``meta_loss`` embeds all tasks in one
@@ -169,7 +171,8 @@ def distributed_meta_train(
     sync = isinstance(learner, EmbeddingLearner) if sync_batch_norm == "auto" else bool(sync_batch_norm)
     with _synced(learner, ctx, sync_batch_norm=sync):
         result = meta_train(learner, sampler, settings=settings, validate=validate, run_dir=run_dir, config=config,
-                            device=ctx.device, progress=progress, rank=ctx.rank, world_size=ctx.world_size)
+                            device=ctx.device, progress=progress, rank=ctx.rank, world_size=ctx.world_size,
+                            tensorboard=tensorboard)
     if ctx.world_size > 1:
         dist.barrier()  # rank 0's last checkpoints are on disk before any rank reads them
     return result

@@ -41,6 +41,7 @@ from fewshot.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fewshot.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def meta_train(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    tensorboard: TensorBoardLog | None = None,
 ) -> TrainResult:
     """Meta-train ``learner`` on episodes of ``sampler``; resume from ``run_dir/checkpoints/last.ckpt`` if present.
 
@@ -113,6 +115,8 @@ def meta_train(
             :func:`fewshot.training.distributed.distributed_meta_train`): rank ``r`` takes the ``r``-th of
             ``world_size`` equal slices of each step's episode ids; only rank 0 writes checkpoints, metrics
             and logs, and every rank resumes from the same ``last.ckpt``. ``validate`` runs on every rank.
+        tensorboard: also write every ``metrics.csv`` row there (part ``meta_train``, rewritten from the
+            checkpoint's history on resume, as ``metrics.csv`` is).
     """
     if not 0 <= rank < world_size or settings.meta_batch % world_size:
         raise ValueError(f"need 0 <= rank < world_size and meta_batch divisible by world_size, got rank={rank}, "
@@ -133,6 +137,8 @@ def meta_train(
     if writer and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_csv(run_dir, result.history)  # drop rows logged after the checkpoint we resume from
+    if writer and tensorboard is not None:
+        tensorboard.write_rows("meta_train", result.history)
 
     def checkpoint(step: int, name: str) -> None:
         if ckpt_dir is None or not writer:
@@ -179,6 +185,8 @@ def meta_train(
             result.history.append(row)
         if row is not None and writer:
             _append_csv(run_dir, row)
+            if tensorboard is not None:
+                tensorboard.add_row("meta_train", row)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
             log.info("step %d: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done != settings.steps:
@@ -191,17 +199,19 @@ def meta_train(
 
 #: Config keys a resumed run may change: they do not alter the training trajectory up to the checkpoint
 #: (``evaluation.seed`` is not among them: validation episodes derive from it).
-RESUMABLE_CHANGES = ("progress", "device", "trainer.steps", "trainer.optimizer.total_steps", "evaluation.episodes",
-                     "evaluation.settings", "evaluation.n_query", "evaluation.batch_size")
+RESUMABLE_CHANGES = ("progress", "device", "logging", "trainer.steps", "trainer.optimizer.total_steps",
+                     "evaluation.episodes", "evaluation.settings", "evaluation.n_query", "evaluation.batch_size",
+                     "evaluation.episodes_file", "evaluation.variable")
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts (keys missing on one side included),
-    leaving out :data:`RESUMABLE_CHANGES`."""
+    leaving out :data:`RESUMABLE_CHANGES`. A key the saved config lacks and the current one sets to null is no
+    difference: an option added by a later version, at its default (off), so older checkpoints still resume."""
     found = []
     for key in sorted(set(saved) | set(current), key=str):
         dotted = f"{prefix}{key}"
-        if dotted in RESUMABLE_CHANGES:
+        if dotted in RESUMABLE_CHANGES or (key not in saved and current[key] is None):
             continue
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
         if isinstance(a, dict) and isinstance(b, dict):

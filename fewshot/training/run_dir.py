@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewshot.training.tensorboard import EVENT_FILE_PREFIX
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; folders are still checked, not locked
@@ -20,7 +22,8 @@ except ImportError:  # Windows: no flock; folders are still checked, not locked
 
 __all__ = ["RUN_FILES", "RunLock", "claim_run_dir", "remove_if_empty"]
 
-#: What a run of this library writes in its folder (temporary files of atomic writes are ``.<name>.*.tmp``).
+#: What a run of this library writes in its folder (temporary files of atomic writes are ``.<name>.*.tmp``, and
+#: TensorBoard event files ``events.out.tfevents.*``).
 RUN_FILES = frozenset({
     ".lock", ".hydra", "config.yaml", "cli.log", "metrics.csv", "pretrain_metrics.csv", "checkpoints", "eval",
     "results.json", "results.csv", "results.md", "accuracy_vs_shots.png", "learning_curve.png",
@@ -54,7 +57,8 @@ def remove_if_empty(folder: Path) -> None:
 
 def _foreign(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()
-                  if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                  if p.name not in RUN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                  and not p.name.startswith(EVENT_FILE_PREFIX))  # TensorBoard's event files
 
 
 def _unwritable(path: Path, option: str, err: OSError) -> PermissionError:

@@ -33,6 +33,7 @@ from fewshot.training.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.training.distributed import DistributedContext, RankShards, distributed_meta_train
 from fewshot.training.meta_train import TrainSettings, meta_train, write_rows_csv
 from fewshot.training.pretrain import PretrainResult, pretrain_backbone
+from fewshot.training.tensorboard import TensorBoardLog
 
 __all__ = ["EpisodeShape", "EpisodicTrainer", "PretrainThenEpisodic", "Run", "SupervisedPretrainer", "Trainer",
            "TrainingData"]
@@ -88,6 +89,7 @@ class Run:
         progress: show progress bars.
         ctx: this process's place in a distributed run (``None``: one process).
         backbone_pretrained: the backbone's weights were loaded from a file: supervised pretraining is skipped.
+        tensorboard: where the writing process also logs the histories it writes to CSV (``None``: nowhere).
     """
 
     run_dir: Path | None
@@ -97,6 +99,7 @@ class Run:
     progress: bool = True
     ctx: DistributedContext | None = None
     backbone_pretrained: bool = False
+    tensorboard: TensorBoardLog | None = None
 
     @property
     def writer(self) -> bool:
@@ -179,11 +182,12 @@ class EpisodicTrainer:
         validate = self._validator(data, run)
         if run.ctx is None:
             outcome = meta_train(learner, sampler, settings=self.settings, validate=validate, run_dir=run.run_dir,
-                                 config=run.config, device=run.device, progress=run.progress)
+                                 config=run.config, device=run.device, progress=run.progress,
+                                 tensorboard=run.tensorboard)
         else:
             outcome = distributed_meta_train(learner, sampler, settings=self.settings, ctx=run.ctx,
                                              validate=validate, run_dir=run.run_dir, config=run.config,
-                                             progress=run.progress)
+                                             progress=run.progress, tensorboard=run.tensorboard)
         if validate is not None and run.run_dir is not None:
             learner.load_state_dict(load_checkpoint(run.run_dir / "checkpoints" / "best.ckpt")["learner"])
             log.info("testing the best validation step %d (val accuracy %.4f)", outcome.best_step,
@@ -237,6 +241,8 @@ class SupervisedPretrainer:
         if run.writer and run.run_dir is not None:
             if history:
                 write_rows_csv(run.run_dir / "metrics.csv", history)
+                if run.tensorboard is not None:
+                    run.tensorboard.write_rows("pretrain", history)
             save_checkpoint(run.run_dir / "checkpoints" / "last.ckpt",
                             {"learner": learner.state_dict(), "step": 0, "config": json.dumps(run.config),
                              "learner_class": type(learner).__name__})
@@ -269,4 +275,6 @@ class PretrainThenEpisodic:
             history = self.pretrain.pretrain(_backbone(learner), data.train, run).history
             if run.writer and run.run_dir is not None:
                 write_rows_csv(run.run_dir / "pretrain_metrics.csv", history)
+                if run.tensorboard is not None:
+                    run.tensorboard.write_rows("pretrain", history)
         return self.episodic.fit(learner, data, run)

@@ -21,7 +21,9 @@ def rectify_prototypes(support: torch.Tensor, support_y: torch.Tensor, query: to
                        top_z: int, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """BD-CSPN's two rectifications, for all episodes at once.
 
-    1. Cross-class bias: every query is shifted by ``mean(support) - mean(query)`` (of its episode).
+    1. Cross-class bias: every query is shifted by ``mean(support) - mean(query)`` (of its episode; the support
+       mean is the mean of the class means, which is ``mean(support)`` when every class has as many shots, and
+       weighs the classes equally in variable-shot episodes).
     2. Intra-class bias: the shifted queries are pseudo-labelled by the nearest basic prototype (support class
        mean, cosine similarity); the ``top_z`` most confident queries of each class (largest softmax probability
        of ``epsilon * cos``; fewer if fewer were given that class) join its support samples, and the rectified
@@ -33,8 +35,8 @@ def rectify_prototypes(support: torch.Tensor, support_y: torch.Tensor, query: to
     Returns:
         (B, n_way, D) rectified prototypes and (B, Q, D) shifted queries.
     """
-    query = query + (support.mean(1, keepdim=True) - query.mean(1, keepdim=True))
     basic = prototypes(support, support_y, n_way)  # (B, n_way, D)
+    query = query + (basic.mean(1, keepdim=True) - query.mean(1, keepdim=True))
     cos_s, cos_q = _cosine(support, basic), _cosine(query, basic)  # (B, S, n_way), (B, Q, n_way)
     confidence = (epsilon * cos_q).softmax(-1)
     pseudo = F.one_hot(cos_q.argmax(-1), n_way).bool()  # (B, Q, n_way)

@@ -81,7 +81,8 @@ class LaplacianShot(TransformedFeatures):
     trainer calls after pretraining or after loading ``backbone_weights``; ``base_count`` is 0 until then.
 
     Assumes balanced query sets: the shift ``mean(support) - mean(query)`` of the rectification matches two
-    class-balanced means (it still runs on imbalanced ones).
+    class-balanced means (it still runs on imbalanced ones); the support mean is the mean of the class means, so
+    variable-shot supports count every class equally.
 
     Args:
         backbone: module with ``feature_dim: int``; ``forward((N, C, H, W)) -> (N, feature_dim)``.
@@ -114,7 +115,7 @@ class LaplacianShot(TransformedFeatures):
         means = prototypes(support, support_y, n_way)
         if not self.rectify:
             return means, query
-        query = query + (support.mean(1, keepdim=True) - query.mean(1, keepdim=True))
+        query = query + (means.mean(1, keepdim=True) - query.mean(1, keepdim=True))  # class-balanced support mean
         samples = torch.cat([support, query], dim=1)  # (B, S + Q, D)
         cos = F.normalize(samples, dim=-1) @ F.normalize(means, dim=-1).transpose(1, 2)  # (B, S + Q, n_way)
         assigned = F.one_hot(cos.argmax(-1), n_way).to(samples.dtype)

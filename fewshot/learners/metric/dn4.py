@@ -25,27 +25,30 @@ def image_to_class(query: torch.Tensor, support: torch.Tensor, support_y: torch.
 
     Every local descriptor of a query finds its ``k`` most cosine-similar descriptors among all descriptors of
     a class's support images; the score of (query, class) is the sum of those similarities over the query's
-    descriptors and the k neighbours. ``k`` is capped at the number of descriptors a class has.
+    descriptors and the k neighbours. ``k`` is capped at the number of descriptors a class has. Classes may have
+    different numbers of support images (variable-shot episodes): each class's descriptors are padded to the
+    largest class's, and the padding is never a neighbour.
 
     Args:
         query: (B, Q, L, C) local descriptors (L = h*w per image); support: (B, S, L, C);
-        support_y: (B, S) labels in [0, n_way), every class with the same number of support images.
+        support_y: (B, S) labels in [0, n_way), every class present.
         n_way: classes per task; k: neighbours per query descriptor.
     Returns:
         (B, Q, n_way) scores.
-    Raises:
-        ValueError: the classes of a task have different numbers of support images.
     """
     b, s, length, channels = support.shape
     q = query.shape[1]
-    shots = s // n_way
-    counts = F.one_hot(support_y, n_way).sum(1)
-    if s % n_way or not bool((counts == shots).all()):
-        raise ValueError(f"DN4 needs the same number of support images in every class; got counts "
-                         f"{counts.tolist()}")
+    counts = F.one_hot(support_y, n_way).sum(1)  # (B, n_way)
+    shots = int(counts.max())
     order = torch.argsort(support_y, dim=1, stable=True)  # class-major
+    sorted_y = support_y.gather(1, order)
+    slot = torch.arange(s, device=support.device) - (counts.cumsum(1) - counts).gather(1, sorted_y)  # within class
+    bank = support.new_zeros(b, n_way, shots, length, channels)
+    tasks = torch.arange(b, device=support.device).unsqueeze(-1).expand(b, s)
     grouped = torch.gather(support, 1, order[..., None, None].expand_as(support))
-    bank = F.normalize(grouped, dim=-1).reshape(b, n_way * shots * length, channels)  # (B, N*K*L, C)
+    bank[tasks, sorted_y, slot] = F.normalize(grouped, dim=-1)
+    bank = bank.reshape(b, n_way * shots * length, channels)  # (B, N*K*L, C), K the largest class's shots
+    real = (torch.arange(shots, device=support.device) < counts.unsqueeze(-1)).repeat_interleave(length, -1)
     descriptors = F.normalize(query, dim=-1)
     k = min(k, shots * length)
     rows = max(1, SIMILARITY_BUDGET // (bank.shape[1] * length))  # queries per chunk
@@ -55,7 +58,8 @@ def image_to_class(query: torch.Tensor, support: torch.Tensor, support_y: torch.
         for start in range(0, q, rows):
             chunk = descriptors[task, start:start + rows]  # (r, L, C)
             sim = (chunk.reshape(-1, channels) @ bank[task].T).view(chunk.shape[0], length, n_way, shots * length)
-            parts.append(sim.topk(k, dim=-1).values.sum((-1, 1)))  # (r, n_way)
+            top = sim.masked_fill(~real[task], float("-inf")).topk(k, dim=-1).values
+            parts.append(top.masked_fill(top == float("-inf"), 0.0).sum((-1, 1)))  # (r, n_way)
         scores.append(torch.cat(parts))
     return torch.stack(scores)
 

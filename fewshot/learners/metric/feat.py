@@ -109,7 +109,8 @@ class FEAT(EmbeddingLearner, MetaLearner):
         expected = torch.arange(n_way, device=y.device).repeat_interleave(per_class)
         if y.shape[1] % n_way or not torch.equal(y.gather(1, order), expected.expand_as(y)):
             raise ValueError("FEAT's regulariser needs the same number of support and of query examples in every "
-                             "class of an episode (labels 0..n_way-1)")
+                             "class of an episode (labels 0..n_way-1): meta-train it on fixed-shape episodes, or "
+                             "with balance=0 (no regulariser) on variable-shot ones; predict takes any shots")
         sets = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d)).view(b * n_way, per_class, d)  # (B*n_way, K+Kq, D)
         centres = self.adapt(sets).mean(1).view(b, n_way, d)
         logits = -_sq_dist(x, centres) / self.temperature2  # (B, S+Q, n_way)
