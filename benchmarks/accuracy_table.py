@@ -125,8 +125,9 @@ def _row_lines(row: dict) -> list[str]:
     cited = published(row)
     if cited is not None:
         source, paper = cited
-        gaps = [f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
-                else str(paper[s])
+        gaps = [("-" if s not in paper  # the paper reports no number in this setting
+                 else f"{paper[s]} ({round(row['cells'][s]['mean'] - paper[s], 2) + 0.0:+.2f})" if s in row["cells"]
+                 else str(paper[s]))
                 for s in SETTINGS]
         out.append(f"| {row['method']} ({source}) | " + " | ".join(gaps) + " | | |")
     return out

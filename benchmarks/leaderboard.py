@@ -48,8 +48,10 @@ def ledger_of(command: str, experiments: Path) -> str | None:
 
 
 def load_rows(table: Path, experiments: Path) -> list[tuple[dict, str, list[EvaluationResult]]]:
-    """(row, test-data key, its results renamed to the row's method, with its protocol and ledger id)."""
-    loaded = []
+    """(row, test-data key, its results renamed to the row's method, with its protocol and ledger id). The key is the
+    recorded test classes without the content fingerprint; rows whose fingerprints differ are refused (results
+    without one, from before fingerprints were recorded, count as scored on the copy of the others)."""
+    loaded, copies = [], {}
     for row in json.loads(table.read_text(encoding="utf-8"))["rows"]:
         results, provenance = read_json(table.with_suffix("") / row["run"] / row["results_file"])
         ledger = ledger_of(row["command"], experiments)
@@ -58,7 +60,15 @@ def load_rows(table: Path, experiments: Path) -> list[tuple[dict, str, list[Eval
             (learner,) = result.learners
             learner = dataclasses.replace(learner, name=row["method"], transductive=row["transductive"], ledger=ledger)
             renamed.append(dataclasses.replace(result, learners=(learner,), comparisons=()))
-        loaded.append((row, json.dumps(provenance.get("test_data"), sort_keys=True), renamed))
+        tested = dict(provenance.get("test_data") or {})
+        fingerprint = tested.pop("fingerprint", None)  # recorded since session 5; older runs lack it
+        copies.setdefault(json.dumps(tested or None, sort_keys=True), set()).add(fingerprint)
+        loaded.append((row, json.dumps(tested or None, sort_keys=True), renamed))
+    for tested, prints in copies.items():
+        if len(prints - {None}) > 1:
+            raise ValueError(f"rows tested on {tested} were scored on {len(prints - {None})} different copies of the "
+                             "data (content fingerprints differ): they are not comparable; python -m fewshot data "
+                             "check says which copy a folder holds")
     return loaded
 
 
@@ -83,17 +93,23 @@ def table_lines(rows: list[dict], sets: dict[tuple[int, int], EvaluationResult])
     ties = {key: tied_with_best(result) for key, result in sets.items()}
     headers = [f"{w}w{k}s" for w, k in SETTINGS]
     lines = ["| method | " + " | ".join(headers) + " | trained | wall (min) |", "|---|" + "---:|" * (len(headers) + 2)]
-    first = sets[SETTINGS[0]]
+    def scored(method: str, key: tuple[int, int]) -> bool:
+        return key in sets and any(x.name == method for x in sets[key].learners)
+
+    def rank(row: dict) -> tuple[int, float]:
+        """By the first setting the row was tested in (5w1s first; 20-way-only models after the others)."""
+        i = next(i for i, key in enumerate(SETTINGS) if scored(row["method"], key))
+        return i, -sets[SETTINGS[i]][row["method"]].mean
+
     for transductive in (False, True):
         members = [r for r in rows if r["transductive"] == transductive
-                   and any(x.name == r["method"] for x in first.learners)]
-        members.sort(key=lambda r: -first[r["method"]].mean)
+                   and any(scored(r["method"], key) for key in SETTINGS)]
+        members.sort(key=rank)
         if transductive and members:
             lines.append("| **transductive** (they use the unlabelled query set: ranked apart) |"
                          + " |" * (len(headers) + 2))
         for row in members:
-            cells = [cell_text(sets[key], row["method"], ties[key])
-                     if key in sets and any(x.name == row["method"] for x in sets[key].learners) else "–"
+            cells = [cell_text(sets[key], row["method"], ties[key]) if scored(row["method"], key) else "–"
                      for key in SETTINGS]
             wall = f"{row['wall_minutes']:.0f}" if row.get("wall_minutes") is not None else "–"
             lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['trained']} | {wall} |")
