@@ -3,6 +3,7 @@ methods the best one does not significantly beat."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,34 @@ def test_the_fixture_leaderboard_is_regenerated_byte_for_byte(tmp_path: Path) ->
     assert readme.read_text() == ("# title\n\n<!-- leaderboard:start -->\n" + expected_table
                                   + "<!-- leaderboard:end -->\n\nafter\n")
     assert (tmp_path / "out" / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def fixture_with_fingerprints(tmp_path: Path, prints: dict[str, str]) -> Path:
+    """The fixture copied to ``tmp_path``, its runs' results recording the content fingerprints ``prints``."""
+    shutil.copytree(FIXTURE / "table", tmp_path / "table")
+    shutil.copy(FIXTURE / "table.json", tmp_path / "table.json")
+    for run, fingerprint in prints.items():
+        path = tmp_path / "table" / run / "results.json"
+        data = json.loads(path.read_text())
+        data["provenance"]["test_data"]["fingerprint"] = fingerprint
+        path.write_text(json.dumps(data))
+    return tmp_path / "table.json"
+
+
+def test_a_fingerprint_recorded_by_some_runs_only_changes_nothing(tmp_path: Path) -> None:
+    """Runs from before fingerprints were recorded count as scored on the copy of the run that records one."""
+    table = fixture_with_fingerprints(tmp_path, {"a": "f" * 64})
+    leaderboard.main(["--table", str(table), "--out", str(tmp_path / "out" / "leaderboard"), "--no-plot",
+                      "--experiments", str(FIXTURE / "experiments")])
+    assert (tmp_path / "out" / "leaderboard.md").read_bytes() == (FIXTURE / "expected.md").read_bytes()
+
+
+def test_runs_on_different_copies_of_the_data_are_refused(tmp_path: Path) -> None:
+    table = fixture_with_fingerprints(tmp_path, {"a": "f" * 64, "b": "e" * 64})
+    with pytest.raises(ValueError, match="2 different copies of the data"):
+        leaderboard.main(["--table", str(table), "--out", str(tmp_path / "out" / "leaderboard"), "--no-plot",
+                          "--experiments", str(FIXTURE / "experiments")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_readme_without_markers_is_refused(tmp_path: Path) -> None:
