@@ -15,6 +15,7 @@ episode shape and the dataset's classes and their sizes (in order), nothing else
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -69,7 +70,32 @@ def _shuffle(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return values.gather(-1, torch.argsort(keys, dim=-1, stable=True))
 
 
-class EpisodeSampler(torch.utils.data.Dataset):
+class SeededEpisodes(torch.utils.data.Dataset, abc.ABC):
+    """What every seeded sampler shares: a map-style dataset of episodes ``0 .. num_episodes - 1`` (an endless
+    stream when ``num_episodes`` is None), episode ``i`` being ``self.batch([i])[0]``."""
+
+    num_episodes: int | None
+
+    @abc.abstractmethod
+    def batch(self, episode_ids: Sequence[int] | torch.Tensor) -> EpisodeBatch:
+        """The episodes ``episode_ids`` gathered into one batch."""
+
+    def __len__(self) -> int:
+        if self.num_episodes is None:
+            raise TypeError("this sampler is an endless stream (num_episodes=None); "
+                            "give it num_episodes=... to use it as a finite dataset")
+        return self.num_episodes
+
+    def __getitem__(self, i: int) -> Episode:
+        """Episode ``i`` (negative ``i`` counts from the end when the sampler has a length)."""
+        if self.num_episodes is not None and i < 0:
+            i += self.num_episodes
+        if i < 0 or (self.num_episodes is not None and i >= self.num_episodes):
+            raise IndexError(f"episode {i} out of range for a sampler of {self.num_episodes} episodes")
+        return self.batch([i])[0]
+
+
+class EpisodeSampler(SeededEpisodes):
     """N-way K-shot episodes of a :class:`FewShotDataset`, each a pure function of ``(seed, i)``.
 
     Episodic sampling as in Vinyals et al. 2016 ("Matching Networks for One Shot Learning").
@@ -118,20 +144,6 @@ class EpisodeSampler(torch.utils.data.Dataset):
         self._root = rng.seed_key(seed, device=dataset.offsets.device)
         self._sizes = sizes
         self._max_size = int(sizes.max())
-
-    def __len__(self) -> int:
-        if self.num_episodes is None:
-            raise TypeError("this sampler is an endless stream (num_episodes=None); "
-                            "give it num_episodes=... to use it as a finite dataset")
-        return self.num_episodes
-
-    def __getitem__(self, i: int) -> Episode:
-        """Episode ``i`` (negative ``i`` counts from the end when the sampler has a length)."""
-        if self.num_episodes is not None and i < 0:
-            i += self.num_episodes
-        if i < 0 or (self.num_episodes is not None and i >= self.num_episodes):
-            raise IndexError(f"episode {i} out of range for a sampler of {self.num_episodes} episodes")
-        return self.batch([i])[0]
 
     def _ids(self, episode_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         ids = torch.as_tensor(episode_ids, dtype=torch.int64, device=self._root.device).reshape(-1)

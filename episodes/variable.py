@@ -39,6 +39,7 @@ import torch
 from episodes import rng
 from episodes.dataset import FewShotDataset
 from episodes.episode import Episode, EpisodeBatch
+from episodes.sampler import SeededEpisodes
 
 __all__ = ["VariableEpisodeSampler", "VariableShape", "episode_counts"]
 
@@ -119,7 +120,7 @@ def episode_counts(sizes: torch.Tensor, *, beta: float, log_weights: torch.Tenso
     return n_query, shots
 
 
-class VariableEpisodeSampler(torch.utils.data.Dataset):
+class VariableEpisodeSampler(SeededEpisodes):
     """Meta-Dataset episodes of a :class:`FewShotDataset` (module docstring), each a pure function of ``(seed, i)``.
 
     The support set is class-major (all shots of label 0, then label 1, ...) with ``shots[c]`` images of label
@@ -155,18 +156,6 @@ class VariableEpisodeSampler(torch.utils.data.Dataset):
         self._root = rng.seed_key(seed)
         self._sizes = sizes
         self._offsets = dataset.offsets.cpu()
-
-    def __len__(self) -> int:
-        if self.num_episodes is None:
-            raise TypeError("this sampler is an endless stream (num_episodes=None); "
-                            "give it num_episodes=... to use it as a finite dataset")
-        return self.num_episodes
-
-    def __getitem__(self, i: int) -> Episode:
-        """Episode ``i`` (negative ``i`` counts from the end when the sampler has a length)."""
-        if self.num_episodes is not None and i < 0:
-            i += self.num_episodes
-        return self.batch([i])[0]
 
     def _check_id(self, i: int) -> int:
         if isinstance(i, bool) or not isinstance(i, int):
