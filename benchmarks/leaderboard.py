@@ -31,7 +31,7 @@ from fewshot.evaluation.leaderboard import plot_leaderboard, tied_with_best
 from fewshot.evaluation.ledger import cell_verdict
 from fewshot.evaluation.report import comparisons_markdown, read_json
 from fewshot.evaluation.results import EvaluationResult
-from fewshot.evaluation.runs import pool_same_episodes
+from fewshot.evaluation.runs import pool_same_episodes, tested_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "experiment"
@@ -60,10 +60,9 @@ def load_rows(table: Path, experiments: Path) -> list[tuple[dict, str, list[Eval
             (learner,) = result.learners
             learner = dataclasses.replace(learner, name=row["method"], transductive=row["transductive"], ledger=ledger)
             renamed.append(dataclasses.replace(result, learners=(learner,), comparisons=()))
-        tested = dict(provenance.get("test_data") or {})
-        fingerprint = tested.pop("fingerprint", None)  # recorded since session 5; older runs lack it
-        copies.setdefault(json.dumps(tested or None, sort_keys=True), set()).add(fingerprint)
-        loaded.append((row, json.dumps(tested or None, sort_keys=True), renamed))
+        tested, fingerprint = tested_key(provenance)  # fingerprints are recorded since session 5
+        copies.setdefault(tested, set()).add(fingerprint)
+        loaded.append((row, tested, renamed))
     for tested, prints in copies.items():
         if len(prints - {None}) > 1:
             raise ValueError(f"rows tested on {tested} were scored on {len(prints - {None})} different copies of the "

@@ -119,7 +119,7 @@ def _load_results(root: Path, *, include_eval: bool, skip: Path | None) -> Loade
     return [(path, *read_json(path)) for path in files]
 
 
-def _tested(provenance: dict[str, Any]) -> tuple[str, str | None]:
+def tested_key(provenance: dict[str, Any]) -> tuple[str, str | None]:
     """The recorded test classes (as JSON, without the fingerprint) and the test data's content fingerprint (None
     in results written before fingerprints were recorded)."""
     tested = dict(provenance.get("test_data") or {})
@@ -131,7 +131,7 @@ def _fingerprints(loaded: Loaded) -> dict[str, dict[str, list[Path]]]:
     """Recorded test classes -> content fingerprint -> the results files scored on that copy."""
     copies: dict[str, dict[str, list[Path]]] = {}
     for path, _, provenance in loaded:
-        tested, fingerprint = _tested(provenance)
+        tested, fingerprint = tested_key(provenance)
         if fingerprint is not None:
             copies.setdefault(tested, {}).setdefault(fingerprint, []).append(path)
     return copies
@@ -140,7 +140,7 @@ def _fingerprints(loaded: Loaded) -> dict[str, dict[str, list[Path]]]:
 def _pool_key(provenance: dict[str, Any], copies: dict[str, dict[str, list[Path]]]) -> str:
     """Results pool only on the same test classes and the same copy of the data; a result without a fingerprint
     (an older file) counts as scored on the copy the others were, when they all agree on one."""
-    tested, fingerprint = _tested(provenance)
+    tested, fingerprint = tested_key(provenance)
     known = copies.get(tested, {})
     if fingerprint is None and len(known) == 1:
         fingerprint = next(iter(known))
