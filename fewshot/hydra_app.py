@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
+import os
 import pickle
 import sys
 import zipfile
@@ -90,6 +91,14 @@ def in_processes(distributed: bool, task: Callable[[DistributedContext | None], 
         finished = True
     finally:
         shutdown_distributed(finished=finished)
+    if ctx.rank != 0:
+        # A finished rank > 0 has written nothing and left the group; at interpreter exit gloo's C++ threads can
+        # still abort it in static destructors ("terminate called without an active exception", seen on rank 1
+        # under load in CI), failing the launcher. It leaves without running them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _guard(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
