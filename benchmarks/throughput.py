@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -133,7 +134,8 @@ def child_maml(spec: dict, device: torch.device) -> dict:
                            first_order=spec["order"] == "first", learn2learn_src=spec.get("learn2learn_src"))
     if spec.get("count_flops"):
         return {"flops_per_call": count_flops(lambda: step(batch))}
-    return measure(lambda: step(batch), device, spec["seconds"], spec["meta_batch"])
+    small = peers.synthetic_tasks(min(8, spec["meta_batch"]), 5, 1, 1, device)  # warm up on at most 8 tasks
+    return measure(lambda: step(batch), device, spec["seconds"], spec["meta_batch"], warmup=lambda: step(small))
 
 
 def child_protonet(spec: dict, device: torch.device) -> dict:
@@ -249,22 +251,31 @@ def run_spec(spec: dict) -> dict:
     return row
 
 
+def rounds(cell: dict, impls: tuple[str, ...]) -> list[dict]:
+    """``cell["repeats"]`` rounds of every implementation, back to back so that drift in the machine's speed
+    hits them alike; each round starts one implementation later (round r runs ``impls[r:] + impls[:r]``)."""
+    rows = []
+    for r in range(cell["repeats"]):
+        rows += [run_spec(cell | {"impl": impl, "round": r}) for impl in impls[r % len(impls):] + impls[:r % len(impls)]]
+    return rows
+
+
 def section_maml(base: dict) -> list[dict]:
     rows = []
     for order, meta_batch, steps in MAML_GRID:
         cell = base | {"section": "maml", "order": order, "meta_batch": meta_batch, "inner_steps": steps}
         flops = spawn(cell | {"impl": "plain-loop", "count_flops": True}).get("flops_per_call")
-        rows += [run_spec(cell | {"impl": impl, "flops_per_call": flops}) for impl in peers.MAML_IMPLS]
+        rows += rounds(cell | {"flops_per_call": flops}, peers.MAML_IMPLS)
     return rows
 
 
 def section_protonet(base: dict) -> list[dict]:
-    return [run_spec(base | {"section": "protonet", "impl": impl}) for impl in peers.PROTONET_IMPLS]
+    return rounds(base | {"section": "protonet"}, peers.PROTONET_IMPLS)
 
 
 def section_eval(base: dict) -> list[dict]:
-    return [run_spec(base | {"section": "eval", "learner": learner, "impl": impl})
-            for learner, impls in peers.EVAL_IMPLS.items() for impl in impls]
+    return [row for learner, impls in peers.EVAL_IMPLS.items()
+            for row in rounds(base | {"section": "eval", "learner": learner}, impls)]
 
 
 # --------------------------------------------------------------------------- report
@@ -277,29 +288,56 @@ def _config(row: dict) -> str:
             "protonet": "60-way 1-shot 5-query, Conv4"}[row["section"]]
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One implementation's rounds in one cell as one row: the median rate and seconds per call, the largest peak
+    memory, the first round's value, and ``spread``, the rates' range over their median (0 for one round)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    rates = sorted(r["per_s"] for r in ok)
+    median = statistics.median(rates)
+    row = ok[0] | {"per_s": median, "s_per_call": statistics.median(r["s_per_call"] for r in ok if "s_per_call" in r)
+                   if all("s_per_call" in r for r in ok) else None,
+                   "rates": [r["per_s"] for r in ok], "spread": (rates[-1] - rates[0]) / median}
+    if all("peak_mib" in r for r in ok):
+        row["peak_mib"] = max(r["peak_mib"] for r in ok)
+    return row
+
+
+def verdict(ratio: float, spread: float) -> str:
+    """"faster" or "slower" where fewshot's ratio to a peer is off 1 by more than ``spread`` (the larger of the two
+    implementations' run-to-run ranges), else "parity"."""
+    if ratio > 1 + spread:
+        return "faster"
+    return "slower" if ratio < 1 - spread else "parity"
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """One line per (section, configuration): each implementation's rate, and fewshot's ratio to the best
-    peer and to the plain loop (above 1: fewshot is faster). Checks the warm-up values agree."""
-    lines: dict[tuple[str, str], dict] = {}
+    """One line per (section, configuration): each implementation's median rate over its rounds, and fewshot's
+    ratio to the best peer and to the plain loop (above 1: fewshot is faster) with a verdict against the
+    rounds' spread. Checks the warm-up values agree."""
+    grouped: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for row in rows:
-        line = lines.setdefault((row["section"], _config(row)), {"section": row["section"], "config": _config(row),
-                                                                 "impls": {}})
-        line["impls"][row["impl"]] = row
-    for line in lines.values():
+        grouped.setdefault((row["section"], _config(row)), {}).setdefault(row["impl"], []).append(row)
+    lines = []
+    for (section, config), by_impl in grouped.items():
+        line = {"section": section, "config": config, "impls": {k: merge_rounds(v) for k, v in by_impl.items()}}
         ok = {k: r for k, r in line["impls"].items() if "error" not in r}
         ours = ok.get("fewshot")
         others = {k: r["per_s"] for k, r in ok.items() if k != "fewshot"}
         if ours is not None and others:
             best = max(others, key=others.get)
             line["best_peer"] = best
-            line["vs_best_peer"] = ours["per_s"] / others[best]
-            if "plain-loop" in others:
-                line["vs_plain_loop"] = ours["per_s"] / others["plain-loop"]
+            for key, peer in (("vs_best_peer", best), ("vs_plain_loop", "plain-loop")):
+                if peer in others:
+                    line[key] = ours["per_s"] / others[peer]
+                    line[key + "_verdict"] = verdict(line[key], max(ours["spread"], ok[peer]["spread"]))
         values = [r["value"] for r in ok.values() if r.get("value") is not None]
-        if len(values) > 1 and line["section"] != "sampling":
+        if len(values) > 1 and section != "sampling":
             scale = max(abs(v) for v in values) or 1.0
             line["value_spread"] = (max(values) - min(values)) / scale
-    return list(lines.values())
+        lines.append(line)
+    return lines
 
 
 UNITS = {"sampling": "episodes/s", "maml": "tasks/s", "protonet": "steps/s", "eval": "episodes/s"}
@@ -314,6 +352,8 @@ def _cell(row: dict | None, section: str) -> str:
         return "not run" if row["error"].startswith("not run") else "failed"
     digits = 2 if row["per_s"] < 10 else 1 if row["per_s"] < 100 else 0
     text = f"{row['per_s']:,.{digits}f}"
+    if len(row.get("rates", ())) > 1:
+        text += f" ±{50 * row['spread']:.0f}%"
     if section != "sampling":
         text += f" ({row['peak_mib']:,.0f} MiB)"
     return text
@@ -326,8 +366,11 @@ def markdown(meta: dict, lines: list[dict], rows: list[dict]) -> str:
            f"thread(s) per process; float32 matmul peak measured at the start: "
            f"{meta['matmul_peak_flops'] / 1e9:,.1f} GFLOP/s. 1-minute load average at start "
            f"{meta['load_average_at_start']:.1f}, at end {meta['load_average_at_end']:.1f}.  ",
-           f"Each cell: rate (peak memory: {meta['memory_kind']}). Ratios are fewshot's rate over the peer's "
-           "(above 1: fewshot is faster), measured in this run.", ""]
+           f"Each cell: the median rate over {meta['repeats']} round(s), ± half the range of the rounds as a "
+           f"percentage of the median (peak memory: {meta['memory_kind']}). Each round measures every "
+           "implementation of a cell back to back, each in a fresh process. Ratios are fewshot's median over the "
+           "peer's (above 1: fewshot is faster), called parity where they are within the larger of the two "
+           "rounds' ranges.", ""]
     for section in SECTIONS:
         sec = [line for line in lines if line["section"] == section]
         if not sec:
@@ -337,7 +380,8 @@ def markdown(meta: dict, lines: list[dict], rows: list[dict]) -> str:
                 "| configuration | " + " | ".join(impls) + " | fewshot ÷ best peer | fewshot ÷ plain loop |",
                 "|---|" + "---:|" * (len(impls) + 2)]
         for line in sec:
-            ratios = [f"{line[k]:.2f}x" if k in line else "-" for k in ("vs_best_peer", "vs_plain_loop")]
+            ratios = [f"{line[k]:.2f}x {line[k + '_verdict']}" if k in line else "-"
+                      for k in ("vs_best_peer", "vs_plain_loop")]
             if "best_peer" in line:
                 ratios[0] += f" ({line['best_peer']})"
             out.append(f"| {line['config']} | " + " | ".join(_cell(line["impls"].get(k), section) for k in impls)
@@ -428,6 +472,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement (at least 1 call)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every measurement, for the spread")
     parser.add_argument("--learn2learn-src", type=Path, default=None,
                         help="a learn2learn 0.2.0 source tree built in place (see peers.LEARN2LEARN_BUILD)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -445,13 +490,13 @@ def main() -> None:
     device = torch.device(args.device)
     meta = {"command": "PYTHONPATH=. python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
             "torch": torch.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
-            "threads": args.threads, "device": args.device,
+            "threads": args.threads, "device": args.device, "repeats": args.repeats,
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.machine()})",
             "memory_kind": "torch.cuda.max_memory_allocated" if args.device == "cuda" else
             "peak RSS during the calls above the RSS before them",
             "load_average_at_start": os.getloadavg()[0], "matmul_peak_flops": matmul_peak(device),
             "eval": EVAL, "learn2learn": peers.LEARN2LEARN_BUILD}
-    base = {"device": args.device, "threads": args.threads, "seconds": args.seconds,
+    base = {"device": args.device, "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
             "learn2learn_src": str(args.learn2learn_src) if args.learn2learn_src else None}
     rows: list[dict] = []
     for section in sections:

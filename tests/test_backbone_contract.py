@@ -199,3 +199,16 @@ def test_feature_map_shape_changes_no_state() -> None:
     assert backbone.feature_map_shape((32, 48)) == (8, 2, 3)
     assert backbone.training
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_a_class_can_derive_from_a_backbone_and_an_abc_module(case: tuple[Backbone, torch.Tensor]) -> None:
+    """higher's ``innerloop_ctx`` derives ``class MonkeyPatched(type(module), _MonkeyPatchBase)`` with
+    ``_MonkeyPatchBase(ABC, nn.Module)``: that needs a consistent method resolution order."""
+    from abc import ABC
+
+    class PatchBase(ABC, nn.Module):  # higher's base, without higher
+        pass
+
+    backbone, _ = case
+    patched = type("MonkeyPatched", (type(backbone), PatchBase), {})
+    assert issubclass(patched, Backbone) and issubclass(patched, PatchBase)

@@ -23,8 +23,12 @@ class NoFeatureMapsError(ValueError):
     backbone whose features are not spatial maps, e.g. the tokens of a vision transformer."""
 
 
-class Backbone(nn.Module, ABC):
+class Backbone(ABC, nn.Module):
     """A feature extractor: (N, C, H, W) images -> (N, C', h, w) maps -> (N, feature_dim) vectors.
+
+    ``ABC`` comes before ``nn.Module`` in the bases, as in higher's ``_MonkeyPatchBase(ABC, Module)``: the
+    other order leaves no consistent method resolution order for the class higher derives from a backbone
+    (``higher.innerloop_ctx`` then fails with a TypeError).
 
     Attributes (set by every subclass's constructor):
         feature_dim: D, the size of the vectors of :meth:`forward`.
