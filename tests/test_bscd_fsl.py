@@ -91,7 +91,7 @@ def test_the_cache_is_reused_and_other_sizes_decoded(tmp_path: Path, monkeypatch
     def refuse(*args: object) -> None:
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(bscd_fsl, "_decode", refuse)
+    monkeypatch.setattr(bscd_fsl, "decode_files", refuse)
     second = load_eurosat(tmp_path / "data" / "2750", split="test", image_size=8)
     assert torch.equal(first.images, second.images) and first.class_names == second.class_names
     with pytest.raises(AssertionError, match="should have been used"):

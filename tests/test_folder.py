@@ -58,7 +58,7 @@ def test_greyscale_resized_and_cache_beside_the_data(tmp_path: Path, monkeypatch
     def refuse(*args: object) -> None:
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(folder, "_decode", refuse)
+    monkeypatch.setattr(folder, "decode_files", refuse)
     second = load_image_folder(tmp_path, image_size=6, channels=1, mean=(0.5,), std=(0.5,))
     assert second.class_names == first.class_names and torch.equal(second.images, first.images)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from episodes.dataset import FewShotDataset
-from episodes.datasets.folder import _decode
+from episodes.datasets.folder import decode_files
 from episodes.datasets.loading import load_cached_dataset
 from episodes.datasets.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -109,5 +109,5 @@ def load_target(target: str, *, root: Path, files: Sequence[Path], labels: Seque
         key={"loader": f"bscd-fsl-{target}", "version": _LOADER_VERSION, "split": SPLIT, "size": image_size,
              "classes": names},
         sources=[*files, *extra_sources], root=root, cache_dir=cache_dir, cache_name=f"{target}-{SPLIT}-{image_size}",
-        build=functools.partial(_decode, list(files), "RGB", image_size), classes=lambda _: (label_tensor, names),
+        build=functools.partial(decode_files, list(files), "RGB", image_size), classes=lambda _: (label_tensor, names),
         name=f"{target}/{SPLIT}", mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -21,7 +21,7 @@ from episodes.dataset import FewShotDataset
 from episodes.datasets.images import decode_image
 from episodes.datasets.loading import load_cached_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "assign_classes", "list_classes", "load_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "assign_classes", "decode_files", "list_classes", "load_image_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,10 @@ def _select(available: Sequence[str], classes: Sequence[str] | Mapping[str, Sequ
     return chosen
 
 
-def _decode(files: list[Path], mode: str, size: int) -> dict[str, torch.Tensor]:
+def decode_files(files: list[Path], mode: str, size: int) -> dict[str, torch.Tensor]:
+    """Decode image ``files`` in parallel threads, converted to ``mode`` (``"L"`` or ``"RGB"``) and resized to
+    ``size`` squares (Lanczos): ``{"images": (len(files), 1 or 3, size, size) uint8}`` in the order of ``files``,
+    the ``build`` of :func:`~episodes.datasets.loading.load_cached_dataset` for a list of image files."""
     channels = 1 if mode == "L" else 3
     images = np.empty((len(files), size, size, channels), dtype=np.uint8)
 
@@ -160,5 +163,5 @@ def load_image_folder(root: Path | str, *, image_size: int, channels: int = 3,
         key={"loader": "image-folder", "version": _LOADER_VERSION, "classes": chosen, "size": image_size,
              "mode": mode},
         sources=files, root=root, cache_dir=cache_dir, cache_name=f"folder-{root.name}", key_in_name=True,
-        build=functools.partial(_decode, files, mode, image_size), classes=lambda _: (labels, chosen),
+        build=functools.partial(decode_files, files, mode, image_size), classes=lambda _: (labels, chosen),
         name=f"{root.name}/{split}" if split else root.name, mean=mean, std=std)

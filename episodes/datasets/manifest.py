@@ -157,7 +157,7 @@ def _omniglot(arguments: Mapping[str, Any]) -> str:
 def _mini_imagenet(arguments: Mapping[str, Any], split: str) -> str:
     root = Path(arguments["root"]).expanduser()
     fmt = arguments.get("fmt", "auto")
-    fmt = miniimagenet._detect(root, split) if fmt == "auto" else fmt
+    fmt = miniimagenet.detect_format(root, split) if fmt == "auto" else fmt
     if fmt == "images":
         csv = miniimagenet.read_ravi_split(root, split)[1]
         where = "the split file embedded in the package" if csv == miniimagenet.EMBEDDED_SPLITS else str(csv)
@@ -169,7 +169,7 @@ def _mini_imagenet(arguments: Mapping[str, Any], split: str) -> str:
 def _tiered(arguments: Mapping[str, Any], split: str) -> str:
     root = Path(arguments["root"]).expanduser()
     fmt = arguments.get("fmt", "auto")
-    fmt = tiered_imagenet._detect(root, split) if fmt == "auto" else fmt
+    fmt = tiered_imagenet.detect_format(root, split) if fmt == "auto" else fmt
     return {"original": f"the original release's {split}_images_png.pkl + {split}_labels.pkl",
             "rfs": f"the MetaOptNet/RFS copy's {split}_images.npz + {split}_labels.pkl",
             "images": f"image folders {root / split}/<wnid>/"}[fmt]

@@ -37,7 +37,8 @@ from episodes.datasets.loading import group_by_class, load_cached_dataset
 from episodes.datasets.pickles import read_learn2learn_pickle, read_rfs_pickle
 from episodes.datasets.torchmeta import read_torchmeta, torchmeta_files
 
-__all__ = ["FORMATS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "load_mini_imagenet", "read_ravi_split"]
+__all__ = ["FORMATS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "detect_format", "load_mini_imagenet",
+           "read_ravi_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def read_ravi_split(root: Path | None, split: str) -> tuple[list[tuple[str, str]
     Returns:
         the rows in file order and the file they came from.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown Mini-ImageNet split {split!r}; use one of {SPLITS}")
+    _check_split(split)
     csv = None if root is None else Path(root) / f"{split}.csv"
     if csv is not None and csv.is_file():
         try:
@@ -124,7 +124,16 @@ def _build_images(paths: list[Path], rows: list[tuple[str, str]], size: int) -> 
     return group_by_class(images, [wnid for _, wnid in rows], size=size)
 
 
-def _detect(root: Path, split: str) -> str:
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown Mini-ImageNet split {split!r}; use one of {SPLITS}")
+
+
+def detect_format(root: Path, split: str) -> str:
+    """The layout of the Mini-ImageNet ``split`` (one of :data:`SPLITS`) in ``root``: ``"learn2learn"``, ``"rfs"``,
+    ``"torchmeta"`` or ``"images"``, the first found in this order (the ``fmt="auto"`` of
+    :func:`load_mini_imagenet`); ``FileNotFoundError`` naming the files of every layout if none is there."""
+    _check_split(split)
     if (root / _LEARN2LEARN_FILE.format(split=split)).is_file():
         return "learn2learn"
     if (root / _RFS_FILES[split]).is_file():
@@ -156,8 +165,7 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
         WordNet id, and ImageNet mean and std.
     """
     root = Path(root)
-    if split not in SPLITS:
-        raise ValueError(f"unknown Mini-ImageNet split {split!r}; use one of {SPLITS}")
+    _check_split(split)
     if fmt not in FORMATS:
         raise ValueError(f"unknown Mini-ImageNet format {fmt!r}; use one of {FORMATS}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -165,7 +173,7 @@ def load_mini_imagenet(root: Path | str, *, split: str, fmt: str = "auto", image
     if not root.is_dir():
         raise FileNotFoundError(f"Mini-ImageNet root {root} is not a folder; pass the folder holding images/ "
                                 "or the learn2learn / RFS pickles / torchmeta files")
-    fmt = _detect(root, split) if fmt == "auto" else fmt
+    fmt = detect_format(root, split) if fmt == "auto" else fmt
     build: Callable[[], dict[str, torch.Tensor]]
     if fmt == "images":
         rows, csv = read_ravi_split(root, split)

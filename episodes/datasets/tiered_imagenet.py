@@ -50,7 +50,7 @@ from episodes.datasets.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from episodes.datasets.npz import read_npz_array
 from episodes.datasets.safe_pickle import load_pickle
 
-__all__ = ["FORMATS", "SPLITS", "TieredClass", "load_tiered_imagenet", "read_tiered_split"]
+__all__ = ["FORMATS", "SPLITS", "TieredClass", "detect_format", "load_tiered_imagenet", "read_tiered_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +276,11 @@ def _find(root: Path, name: str) -> Path | None:
     return next((folder / name for folder in (root, root / SUBFOLDER) if (folder / name).is_file()), None)
 
 
-def _detect(root: Path, split: str) -> str:
+def detect_format(root: Path, split: str) -> str:
+    """The layout of the tieredImageNet ``split`` (one of :data:`SPLITS`) in ``root`` or its ``tiered-imagenet``
+    subfolder: ``"original"``, ``"rfs"`` or ``"images"``, the first found in this order (the ``fmt="auto"`` of
+    :func:`load_tiered_imagenet`); ``FileNotFoundError`` naming the files of every layout if none is there."""
+    _check_split(split)
     if _find(root, f"{split}_images_png.pkl"):
         return "original"
     if _find(root, f"{split}_images.npz"):
@@ -312,7 +316,7 @@ def load_tiered_imagenet(root: Path | str, *, split: str, fmt: str = "auto", ima
     if not root.is_dir():
         raise FileNotFoundError(f"tieredImageNet root {root} is not a folder; pass the folder holding the release's "
                                 "pickles, the RFS .npz files or the train/val/test image folders")
-    fmt = _detect(root, split) if fmt == "auto" else fmt
+    fmt = detect_format(root, split) if fmt == "auto" else fmt
     build: Callable[[], dict[str, torch.Tensor]]
     if fmt == "images":
         if not (root / split).is_dir():

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from episodes import FewShotDataset
 from episodes.episode_file import EpisodesFile, FixedEpisodes
 from episodes.sampler import EpisodeSampler
+from fewshot.evaluation.frame import ScoringFrame
 from fewshot.evaluation.metrics import mean_ci95, paired_comparison
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
 from fewshot.learners.base import EmbeddingLearner, Learner
@@ -46,25 +47,6 @@ class OneProcess:
 
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         return local
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def _check_learners(learners: Mapping[str, Learner], device: torch.device) -> None:
-    if not learners:
-        raise ValueError("evaluate() needs at least one learner, e.g. {'protonet': ProtoNet(...)}")
-    for name, learner in learners.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"learner names must be non-empty strings, got {name!r}")
-        if not isinstance(learner, Learner):
-            raise TypeError(f"learner {name!r} is a {type(learner).__name__}, not a fewshot Learner")
-        for tensor in itertools.chain(learner.parameters(), learner.buffers()):
-            if not _same_device(tensor.device, device):
-                raise ValueError(f"learner {name!r} has tensors on {tensor.device} but evaluation runs on "
-                                 f"{device}; call learner.to({str(device)!r}) first or pass device=")
-        learner.check_finite(f"learner {name!r}")
 
 
 def _accuracy(logits: torch.Tensor, query_y: torch.Tensor, n_way: int, name: str) -> torch.Tensor:
@@ -186,11 +168,9 @@ def evaluate_settings(
     with ``seed``; the results' specs record the file's checksum.
     """
     device = torch.device(device)
-    _check_learners(learners, device)
+    frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
     check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
                    embed_chunk=embed_chunk)
-    if not isinstance(permutations, int) or permutations < 0:
-        raise ValueError(f"permutations must be an integer >= 0 (0 skips the permutation test), got {permutations!r}")
     shards = shards or OneProcess()
     data = dataset.to(device)
     if episodes_file is None:
@@ -204,15 +184,10 @@ def evaluate_settings(
     lo, hi = shards.block(len(chunks))
     mine = chunks[lo:hi]  # this process's episode batches
     first, last = (int(mine[0][0]), int(mine[-1][-1]) + 1) if mine else (0, 0)
-    embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
-    direct = {k: v for k, v in learners.items() if k not in embedded}
-    modes = {name: learner.training for name, learner in learners.items()}
+    embedded, direct = frame.embedded, frame.direct
     scores: list[dict[str, list[torch.Tensor]]] = [{name: [] for name in learners} for _ in settings]
-    bar = tqdm(total=(last - first) * len(learners) * len(settings), disable=not progress, unit="episode",
-               desc=f"evaluate {data.name}")
-    try:
-        for learner in learners.values():
-            learner.eval()
+    with frame.scoring(total=(last - first) * len(learners) * len(settings), progress=progress,
+                       desc=f"evaluate {data.name}") as bar:
         picks = [sampler.indices(ids) for sampler in samplers] if embedded else []
         rows = torch.unique(torch.cat([t.flatten() for p in picks for t in p[:2]])) if embedded else None
         for name, learner in embedded.items():
@@ -232,10 +207,6 @@ def evaluate_settings(
                     bar.set_postfix_str(name)
                     scores[k][name].append(_accuracy(learner.predict(batch), batch.query_y, n_way, name))
                     bar.update(len(part))
-    finally:
-        bar.close()
-        for name, learner in learners.items():
-            learner.train(modes[name])
     empty = torch.zeros(0, dtype=torch.float64)
     accuracies = [{name: shards.gather(torch.cat(parts) if parts else empty) for name, parts in by_name.items()}
                   for by_name in scores]

@@ -12,13 +12,13 @@ import dataclasses
 from collections.abc import Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from episodes import FewShotDataset
 from episodes.variable import VariableEpisodeSampler, VariableShape
-from fewshot.evaluation.harness import OneProcess, Shards, _accuracy, _check_learners, _embed_rows, _result
+from fewshot.evaluation.frame import ScoringFrame
+from fewshot.evaluation.harness import OneProcess, Shards, _accuracy, _embed_rows, _result
 from fewshot.evaluation.results import EpisodeSpec, EvaluationResult
-from fewshot.learners.base import EmbeddingLearner, Learner
+from fewshot.learners.base import Learner
 
 __all__ = ["check_variable", "evaluate_variable"]
 
@@ -89,25 +89,18 @@ def evaluate_variable(
     """
     device = torch.device(device)
     shape = VariableShape() if shape is None else shape
-    _check_learners(learners, device)
+    frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
     check_variable(learners, dataset, shape=shape, episodes=episodes)
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
-        raise ValueError(f"permutations must be an integer >= 0 (0 skips the permutation test), got {permutations!r}")
     if isinstance(embed_chunk, bool) or not isinstance(embed_chunk, int) or embed_chunk < 1:
         raise ValueError(f"embed_chunk must be an integer >= 1, got {embed_chunk!r}")
     data = dataset.to(device)
     sampler = VariableEpisodeSampler(data, shape=shape, seed=seed, num_episodes=episodes)
     shards = shards or OneProcess()
     first, last = shards.block(episodes)
-    embedded = {k: v for k, v in learners.items() if embed_once and isinstance(v, EmbeddingLearner)}
-    direct = {k: v for k, v in learners.items() if k not in embedded}
-    modes = {name: learner.training for name, learner in learners.items()}
+    embedded, direct = frame.embedded, frame.direct
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in learners}
-    bar = tqdm(total=(last - first) * len(learners), disable=not progress, unit="episode",
-               desc=f"evaluate {data.name} (variable episodes)")
-    try:
-        for learner in learners.values():
-            learner.eval()
+    with frame.scoring(total=(last - first) * len(learners), progress=progress,
+                       desc=f"evaluate {data.name} (variable episodes)") as bar:
         picks = [tuple(t.to(device) for t in sampler.indices(i)) for i in range(first, last)] if embedded else []
         rows = torch.unique(torch.cat([p[k] for p in picks for k in (0, 2)])) if picks else None
         for name, learner in embedded.items():
@@ -124,10 +117,6 @@ def evaluate_variable(
                 bar.set_postfix_str(name)
                 scores[name].append(_accuracy(learner.predict(batch), batch.query_y, batch.n_way, name))
                 bar.update(1)
-    finally:
-        bar.close()
-        for name, learner in learners.items():
-            learner.train(modes[name])
     empty = torch.zeros(0, dtype=torch.float64)
     accuracies = {name: shards.gather(torch.cat(parts) if parts else empty) for name, parts in scores.items()}
     sampled = dataclasses.replace(shape, max_way=shape.ways(data.num_classes)[1])
