@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from episodes import FewShotDataset
 from episodes.episode_file import EpisodesFile, read_episodes_file
+from episodes.files import atomic_write_text
 from episodes.variable import VariableShape
 from fewshot.backbones import load_pretrained, normalise_for, save_backbone
 from fewshot.evaluation import (
@@ -40,7 +41,9 @@ from fewshot.evaluation import (
     plot_learning_curve,
     write_results,
 )
+from fewshot.evaluation.cross_domain import cross_domain_report
 from fewshot.evaluation.ledger import ledger_entry
+from fewshot.evaluation.runs import gather_by_training_data
 from fewshot.hydra_app import app_main, in_processes, output_dir, record
 from fewshot.learners import Learner
 from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, TrainingData, check_resume
@@ -335,9 +338,13 @@ def report(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"dir={root} is not a folder; pass the multirun folder (or a folder of runs)")
     with output_dir() as out_dir:
         results = gather_results(root, include_eval=cfg.include_eval, skip=out_dir)
+        matrices = cross_domain_report(gather_by_training_data(root, include_eval=cfg.include_eval, skip=out_dir))
         record(cfg, out_dir)
         write_results(out_dir, results, collect_provenance(config={"dir": str(root)}),
                       notes=different_copies(root, include_eval=cfg.include_eval, skip=out_dir))
+        if matrices is not None:
+            log.info("cross-domain matrices (rows trained on, columns tested on) in %s",
+                     atomic_write_text(out_dir / "cross_domain.md", matrices))
         log.info("%d results merged into %s:\n%s", len(results), out_dir, markdown_table(results))
 
 

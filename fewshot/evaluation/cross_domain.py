@@ -1,8 +1,11 @@
 """Cross-domain matrices: the accuracy of each method trained on dataset A and tested on dataset B.
 
-Any set of results (one study, or many runs gathered with :func:`~fewshot.evaluation.runs.gather_results`) gives
-one matrix per method and setting: rows are the training data (``EvaluationResult.train_dataset``), columns the test
-data, cells ``mean ± 95% half-width`` in percent, ``–`` where that combination was not run.
+Any set of results (one study, or many runs gathered with
+:func:`~fewshot.evaluation.runs.gather_by_training_data`, which keeps a method's name across the data it was trained
+and tested on) gives one matrix per method and setting: rows are the training data
+(``EvaluationResult.train_dataset``), columns the test data, cells ``mean ± 95% half-width`` in percent, ``–`` where
+that combination was not run. ``fewshot-report`` writes them to ``cross_domain.md`` (:func:`cross_domain_report`)
+when the runs span more than one training or test dataset.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Iterable
 
 from fewshot.evaluation.results import EvaluationResult, LearnerResult
 
-__all__ = ["UNRECORDED", "cross_domain_markdown", "cross_domain_matrix"]
+__all__ = ["UNRECORDED", "cross_domain_markdown", "cross_domain_matrix", "cross_domain_report"]
 
 #: the row label of results that did not record their training data
 UNRECORDED = "(not recorded)"
@@ -62,7 +65,26 @@ def cross_domain_markdown(results: Iterable[EvaluationResult], *, digits: int = 
     ``results``, in first-seen order."""
     cells = _cells(results)
     if not cells:
-        raise ValueError("no results to tabulate; pass EvaluationResults (e.g. from gather_results or read_json)")
+        raise ValueError("no results to tabulate; pass EvaluationResults (e.g. from gather_by_training_data or "
+                         "read_json)")
+    return _markdown(cells, digits)
+
+
+def _markdown(cells: dict[tuple[str, str, str, str], LearnerResult], digits: int) -> str:
     sections = [f"### {method}, {setting}\n\n{_matrix(cells, method, setting, digits)}"
                 for method, setting in dict.fromkeys((m, s) for m, s, _, _ in cells)]
     return "# Cross-domain accuracy (%, mean ± 95% CI): rows trained on, columns tested on\n\n" + "\n".join(sections)
+
+
+def cross_domain_report(results: Iterable[EvaluationResult], *, digits: int = 2) -> str | None:
+    """:func:`cross_domain_markdown` of ``results`` when they were trained on more than one dataset or tested on
+    more than one (results without a recorded training dataset count as one more), else None: with one of each,
+    every matrix would be a single cell that the results table already shows. Give it results named by
+    :func:`~fewshot.evaluation.runs.gather_by_training_data`, so that a method trained on two datasets is one
+    matrix with two rows."""
+    cells = _cells(results)
+    trained = {train for _, _, train, _ in cells}
+    tested = {test for _, _, _, test in cells}
+    if len(trained) < 2 and len(tested) < 2:
+        return None
+    return _markdown(cells, digits)

@@ -7,7 +7,8 @@ import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from fewshot.evaluation.report import (
 )
 from fewshot.evaluation.results import Comparison, EvaluationResult
 
-__all__ = ["check_same_test_data", "check_test_set", "different_copies", "gather_results", "pool_same_episodes",
-           "run_label", "write_results"]
+__all__ = ["check_same_test_data", "check_test_set", "different_copies", "gather_by_training_data", "gather_results",
+           "pool_same_episodes", "run_label", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     Re-tests written by ``fewshot-eval`` (under ``eval/``) are left out unless ``include_eval``; results under
     ``skip`` (e.g. the report's own output folder) always are. Where two runs report the same method name in the
     same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
-    so one table holds them all.
+    so one table holds them all (:func:`gather_by_training_data` names them for cross-domain matrices instead).
 
     Results of different runs on the same episodes (same dataset, setting, query count, episode count and seed or
     episodes file, the same variable-episode distribution where the episodes are variable, the same recorded test
@@ -86,27 +87,50 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     copies = _fingerprints(loaded)
     for note in _copies(loaded, root):
         log.warning("%s", note)
-    seen: dict[tuple[str, str, str], int] = {}
-    for _, results, _ in loaded:
-        for result in results:
-            for learner in result.learners:
-                key = (learner.name, result.test_dataset, result.spec.setting)
-                seen[key] = seen.get(key, 0) + 1
-    merged = []
-    for path, results, provenance in loaded:
-        tested = _pool_key(provenance, copies)
-        for result in results:
-            def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
-                clash = seen[name, result.test_dataset, result.spec.setting] > 1
-                return f"{name} [{run_label(path, root)}]" if clash else name
-            learners = tuple(dataclasses.replace(r, name=rename(r.name)) for r in result.learners)
-            comparisons = tuple(dataclasses.replace(c, learner_a=rename(c.learner_a), learner_b=rename(c.learner_b))
-                                for c in result.comparisons)
-            merged.append((tested, dataclasses.replace(result, learners=learners, comparisons=comparisons)))
-    return pool_same_episodes(merged)
+    renamed = _renamed(loaded, root, clash=_same_column)
+    return pool_same_episodes([(_pool_key(provenance, copies), result) for provenance, result in renamed])
+
+
+def gather_by_training_data(root: Path, *, include_eval: bool = False,
+                            skip: Path | None = None) -> list[EvaluationResult]:
+    """The results :func:`gather_results` chooses, unpooled and named for cross-domain matrices
+    (:func:`~fewshot.evaluation.cross_domain.cross_domain_markdown`): a method keeps its own name whatever data it
+    was trained and tested on, so one method trained on two datasets gives one matrix with two rows. Only where two
+    runs report one method in the same setting, trained on the same data and tested on the same data (one matrix
+    cell), is each renamed ``name [overrides]`` (:func:`run_label`)."""
+    loaded = _load_results(root, include_eval=include_eval, skip=skip)
+    return [result for _, result in _renamed(loaded, root, clash=_same_cell)]
 
 
 Loaded = list[tuple[Path, list[EvaluationResult], dict[str, Any]]]
+
+
+def _same_column(name: str, result: EvaluationResult) -> tuple[str, ...]:
+    """A main-table cell: the method in one setting on one test set (:func:`gather_results`)."""
+    return name, result.test_dataset, result.spec.setting
+
+
+def _same_cell(name: str, result: EvaluationResult) -> tuple[str | None, ...]:
+    """A cross-domain matrix cell: the method in one setting, trained on one dataset, tested on one."""
+    return name, result.spec.setting, result.train_dataset, result.test_dataset
+
+
+def _renamed(loaded: Loaded, root: Path, *, clash: Callable[[str, EvaluationResult], tuple[str | None, ...]]
+             ) -> list[tuple[dict[str, Any], EvaluationResult]]:
+    """(provenance, result) for every result of ``loaded``, each learner (and its comparisons) whose ``clash`` key
+    (of its name and result) occurs more than once renamed ``name [overrides]`` after its run (:func:`run_label`)."""
+    seen = Counter(clash(learner.name, result) for _, results, _ in loaded for result in results
+                   for learner in result.learners)
+    renamed = []
+    for path, results, provenance in loaded:
+        for result in results:
+            def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
+                return f"{name} [{run_label(path, root)}]" if seen[clash(name, result)] > 1 else name
+            learners = tuple(dataclasses.replace(r, name=rename(r.name)) for r in result.learners)
+            comparisons = tuple(dataclasses.replace(c, learner_a=rename(c.learner_a), learner_b=rename(c.learner_b))
+                                for c in result.comparisons)
+            renamed.append((provenance, dataclasses.replace(result, learners=learners, comparisons=comparisons)))
+    return renamed
 
 
 def _load_results(root: Path, *, include_eval: bool, skip: Path | None) -> Loaded:
