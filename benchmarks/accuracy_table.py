@@ -12,6 +12,15 @@ run's ``.hydra/overrides.yaml``; the training wall time from the first and last 
 
 Writes OUT.md and OUT.json; copies each run's small files (config, overrides, metrics.csv, log,
 results) to OUT/<run folder>/ so the numbers stay checkable without the checkpoints.
+
+A ``--seed-run METHOD=RUN_DIR`` (repeatable) attaches a run of the same command with another ``seed=`` to the row
+of METHOD (a row of ``--keep`` or of ``--run``), for the leaderboard's training-seed variance; it is refused unless
+its overrides equal the row run's but for ``seed=``, its seed is new to the row, it trained as many steps and it was
+tested on the same episodes. The row's own numbers stay those of its first run:
+
+    PYTHONPATH=. python benchmarks/accuracy_table.py --hardware "2-core CPU" \\
+        --keep benchmarks/results/omniglot_accuracy.json --seed-run "ProtoNet, Conv4=runs/protonet_seed1" \\
+        --out benchmarks/results/omniglot_accuracy
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from leaderboard import ledger_of  # benchmarks/leaderboard.py
+from seed_variance import seed_tables  # benchmarks/seed_variance.py
 
 from episodes.files import atomic_write_text
 from fewshot.evaluation.ledger import load_ledger
@@ -108,6 +118,48 @@ def collect(method: str, run: Path) -> dict:
             "wall_minutes": (span[1] - span[0]).total_seconds() / 60 if span else None}
 
 
+def _training_overrides(run: Path) -> list[str]:
+    """The run's command-line overrides, sorted, without ``seed=`` and Hydra's own."""
+    overrides = (str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    return sorted(o for o in overrides if o.partition("=")[0].lstrip("+~") != "seed" and not o.startswith("hydra."))
+
+
+def seed_run(row: dict, base: Path, run: Path) -> dict:
+    """The record of ``run``, a run of ``row``'s command with another training seed (``base``: the row's run folder,
+    ``row["seed"]``: its seed): its seed, results file, steps and cells (as :func:`collect` gives them).
+
+    Raises:
+        ValueError: ``run``'s overrides differ from ``base``'s in more than ``seed=``, its seed is one the row already
+            has, it trained another number of steps, or it was not tested on the row's episodes.
+    """
+    ours, theirs = _training_overrides(run), _training_overrides(base)
+    if ours != theirs:
+        raise ValueError(f"{run} is not the command of {base} with another seed=: it has "
+                         f"{sorted(set(ours) - set(theirs)) or 'nothing'} where that run has "
+                         f"{sorted(set(theirs) - set(ours)) or 'nothing'}")
+    seed = OmegaConf.load(run / "config.yaml").get("seed")
+    seeds = [row["seed"], *(other["seed"] for other in row.get("seed_runs", []))]
+    if seed in seeds:
+        raise ValueError(f"{run} was trained with seed={seed}, which row {row['method']!r} already has (seeds "
+                         f"{seeds}); attach runs of other seeds")
+    collected = collect(row["method"], run)
+    if collected["steps_trained"] != row["steps_trained"]:
+        raise ValueError(f"{run} trained {collected['steps_trained']} steps, the row's run {row['steps_trained']}: "
+                         "only runs trained as far compare")
+    seed_tables([(base.name, *read_json(base / row["results_file"])),
+                 (run.name, *read_json(run / collected["results_file"]))])  # ValueError unless on the same episodes
+    return {"run": run.name, "seed": seed, **{key: collected[key] for key in (
+        "results_file", "steps_trained", "cells", "wall_minutes", "torch")}}
+
+
+def _copy_small_files(run: Path, results_file: str, out: Path) -> None:
+    """Copy ``run``'s small files and its results file to ``out`` (unless they are already there)."""
+    for name in (*SMALL_FILES, results_file):
+        if (run / name).is_file() and (run / name).resolve() != (out / name).resolve():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / name, out / name)
+
+
 def _row_lines(row: dict) -> list[str]:
     """The measured line of ``row`` and, for a method with a published number, the published line."""
     out = []
@@ -147,21 +199,28 @@ def markdown(rows: list[dict], hardware: str, notes: list[str]) -> str:
     out += ["", "Published rows show the paper's number and, in brackets, measured minus published.", "",
             "## Commands", ""]
     out += [f"- {row['method']}: `{row['command']}` (numbers from `{row['run']}/{row['results_file']}`)"
+            + "".join(f"; also trained with seed={run['seed']} (`{run['run']}/{run['results_file']}`)"
+                      for run in row.get("seed_runs", []))
             for row in ordered]
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="METHOD=RUN_DIR")
+    parser.add_argument("--run", action="append", default=[], metavar="METHOD=RUN_DIR")
+    parser.add_argument("--seed-run", action="append", default=[], metavar="METHOD=RUN_DIR",
+                        help="a run of the command of METHOD's row with another seed= (repeatable): kept beside the "
+                        "row for the leaderboard's training-seed variance")
     parser.add_argument("--hardware", required=True, help="what the runs ran on, for the table's header")
     parser.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json and OUT/<run>/ are written")
     parser.add_argument("--note", action="append", default=[], help="a remark printed under the table (repeatable)")
     parser.add_argument("--keep", type=Path, help="an OUT.json written before: its rows (and notes) come first, "
                         "for runs whose checkpoints are no longer at hand")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.run and not args.seed_run:
+        parser.error("give at least one --run METHOD=RUN_DIR or --seed-run METHOD=RUN_DIR")
     kept = json.loads(args.keep.read_text()) if args.keep else {"rows": [], "notes": []}
     for row in kept["rows"]:  # rows of runs from before results recorded these: read from the run's config
         config = OmegaConf.load(args.out / row["run"] / "config.yaml")
@@ -173,14 +232,31 @@ def main() -> None:
         if not sep or not Path(folder).is_dir():
             parser.error(f"--run {spec!r}: expected METHOD=RUN_DIR with an existing folder")
         rows.append(collect(method, Path(folder)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for row, spec in zip(rows, args.run, strict=True):
-        run = Path(spec.partition("=")[2])
-        for name in (*SMALL_FILES, row["results_file"]):
-            if (run / name).is_file() and (run / name).resolve() != (args.out / run.name / name).resolve():
-                (args.out / run.name / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run / name, args.out / run.name / name)
+    folders = [(row, Path(spec.partition("=")[2])) for row, spec in zip(rows, args.run, strict=True)]
+    bases = {row["run"]: args.out / row["run"] for row in kept["rows"]} | {row["run"]: run for row, run in folders}
     rows, notes = kept["rows"] + rows, kept["notes"] + args.note
+    taken = {row["run"] for row in rows} | {run["run"] for row in rows for run in row.get("seed_runs", [])}
+    for spec in args.seed_run:
+        method, sep, folder = spec.partition("=")
+        named = [row for row in rows if row["method"] == method]
+        if not sep or not Path(folder).is_dir() or len(named) != 1:
+            parser.error(f"--seed-run {spec!r}: expected METHOD=RUN_DIR with an existing folder and the method of "
+                         f"one row (rows: {'; '.join(row['method'] for row in rows)})")
+        if Path(folder).name in taken:
+            parser.error(f"--seed-run {spec!r}: the table already has a run folder named {Path(folder).name!r}; "
+                         "rename the folder")
+        (row,) = named
+        row.setdefault("seed", OmegaConf.load(bases[row["run"]] / "config.yaml").get("seed"))
+        try:
+            record = seed_run(row, bases[row["run"]], Path(folder))
+        except ValueError as err:
+            parser.error(f"--seed-run {spec!r}: {err}")
+        row.setdefault("seed_runs", []).append(record)
+        taken.add(record["run"])
+        folders.append((record, Path(folder)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for record, run in folders:
+        _copy_small_files(run, record["results_file"], args.out / run.name)
     text = markdown(rows, args.hardware, notes)
     atomic_write_text(args.out.with_suffix(".json"),
                       json.dumps({"hardware": args.hardware, "rows": rows, "notes": notes}, indent=2) + "\n")

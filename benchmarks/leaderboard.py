@@ -7,9 +7,12 @@ Holm-adjusted over every pair of the setting); rows on other episodes are listed
 
 - ``OUT.md``: the leaderboard (inductive, then transductive rows, each sorted by 5-way 1-shot accuracy; ``●`` marks
   a cell not significantly below the best of its protocol; each cell's ledger verdict where the paper has a number),
-  the training budget, wall time and command of every row;
+  the training budget, wall time and command of every row, and for a row with runs of further training seeds
+  (``accuracy_table.py --seed-run``) its variance over episodes, over seeds and over both
+  (:func:`fewshot.evaluation.seed_and_episode_ci`); the table and the paired tests use the row's own run only;
 - ``OUT_comparisons.md``: every paired comparison; ``OUT.png``: the plot (``fewshot.evaluation.leaderboard``);
-- with ``--readme``, the table between the README's ``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->``.
+- with ``--readme``, the table between the README's ``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->``
+  (and a line pointing to the training-seed variance, where a row has one).
 
     PYTHONPATH=. python benchmarks/leaderboard.py --readme README.md
 """
@@ -25,6 +28,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from seed_variance import readme_pointer, seed_tables, seed_variance_lines  # benchmarks/seed_variance.py
 
 from episodes.files import atomic_write_text
 from fewshot.evaluation.leaderboard import plot_leaderboard, tied_with_best
@@ -50,10 +55,18 @@ def ledger_of(command: str, experiments: Path) -> str | None:
 def load_rows(table: Path, experiments: Path) -> list[tuple[dict, str, list[EvaluationResult]]]:
     """(row, test-data key, its results renamed to the row's method, with its protocol and ledger id). The key is the
     recorded test classes without the content fingerprint; rows whose fingerprints differ are refused (results
-    without one, from before fingerprints were recorded, count as scored on the copy of the others)."""
+    without one, from before fingerprints were recorded, count as scored on the copy of the others). A row with runs
+    of further training seeds (``seed_runs``) gains ``seed_accuracies``: :func:`seed_tables` of its run, then those."""
     loaded, copies = [], {}
     for row in json.loads(table.read_text(encoding="utf-8"))["rows"]:
         results, provenance = read_json(table.with_suffix("") / row["run"] / row["results_file"])
+        if row.get("seed_runs"):
+            runs = [(run["run"], *read_json(table.with_suffix("") / run["run"] / run["results_file"]))
+                    for run in row["seed_runs"]]
+            for _, _, seed_provenance in runs:
+                tested, fingerprint = tested_key(seed_provenance)
+                copies.setdefault(tested, set()).add(fingerprint)
+            row = dict(row, seed_accuracies=seed_tables([(row["run"], results, provenance), *runs]))
         ledger = ledger_of(row["command"], experiments)
         renamed = []
         for result in results:
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                     for r in pooled if r not in sets.values() for x in r.learners})
     spec, first = sets[SETTINGS[0]].spec, sets[SETTINGS[0]]
     table = "\n".join(table_lines(rows, sets)) + "\n"
+    variance = seed_variance_lines(rows)
     counts = sorted({len(result.learners) for result in sets.values()})
     methods = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     text = "\n".join([
@@ -170,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         table.rstrip("\n"), "",
         "## Commands", "", *(f"- {row['method']}: `{row['command']}`" for row in rows),
         *(["", "## Not on the shared episodes (listed in benchmarks/results/omniglot_accuracy.md)", "",
-           *(f"- {item}" for item in apart)] if apart else []), ""])
+           *(f"- {item}" for item in apart)] if apart else []),
+        *(["", *variance] if variance else []), ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".md"), text)
     atomic_write_text(args.out.parent / f"{args.out.name}_comparisons.md",
@@ -183,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{args.readme} has no {START} ... {END} markers")
         head, _, rest = readme.partition(START)
         _, _, tail = rest.partition(END)
-        atomic_write_text(args.readme, f"{head}{START}\n{table}{END}{tail}")
+        pointer = readme_pointer(rows, args.readme, args.out.resolve())
+        atomic_write_text(args.readme, f"{head}{START}\n{table}{pointer}{END}{tail}")
     print(text)
 
 

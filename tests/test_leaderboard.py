@@ -1,5 +1,5 @@
 """The leaderboard: regenerated from a small fixture of run results, byte for byte, README markers included; which
-methods the best one does not significantly beat."""
+methods the best one does not significantly beat; the variance of a method trained with three seeds."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from fewshot.evaluation import EpisodeSpec, EvaluationResult, LearnerResult
+from fewshot.evaluation import EpisodeSpec, EvaluationResult, LearnerResult, seed_and_episode_ci
 from fewshot.evaluation.leaderboard import plot_leaderboard, tied_with_best
 from fewshot.evaluation.runs import pool_same_episodes
 
@@ -34,11 +35,50 @@ def test_the_fixture_leaderboard_is_regenerated_byte_for_byte(tmp_path: Path) ->
     assert (tmp_path / "out" / "leaderboard.md").read_bytes() == (FIXTURE / "expected.md").read_bytes()
     assert (tmp_path / "out" / "leaderboard_comparisons.md").read_bytes() == \
         (FIXTURE / "expected_comparisons.md").read_bytes()
-    expected_table = "".join(line for line in (FIXTURE / "expected.md").read_text().splitlines(keepends=True)
-                             if line.startswith("|"))
-    assert readme.read_text() == ("# title\n\n<!-- leaderboard:start -->\n" + expected_table
-                                  + "<!-- leaderboard:end -->\n\nafter\n")
+    expected_table = next(block for block in (FIXTURE / "expected.md").read_text().split("\n\n")
+                          if block.startswith("| method |"))
+    assert readme.read_text() == (
+        "# title\n\n<!-- leaderboard:start -->\n" + expected_table + "\n\nTrained with several seeds: A net (3 seeds). "
+        "Each row above is one run; the variance over training seeds is under [Training-seed variance]"
+        "(out/leaderboard.md#training-seed-variance).\n<!-- leaderboard:end -->\n\nafter\n")
     assert (tmp_path / "out" / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_training_seed_section_is_seed_and_episode_ci_of_the_three_runs() -> None:
+    """Row A has runs a (seed 0), a_seed1 and a_seed2 on the same episodes: per setting the section gives
+    seed_and_episode_ci of their (3, 8) table, in %, and each seed's mean; rows B and C have one run and no line."""
+    runs = {seed: json.loads((FIXTURE / "table" / run / "results.json").read_text())["results"]
+            for seed, run in ((0, "a"), (1, "a_seed1"), (2, "a_seed2"))}
+    lines = (FIXTURE / "expected.md").read_text().partition("## Training-seed variance")[2].splitlines()
+    rows = [line for line in lines if line.startswith(("| 5w", "| 20w"))]
+    assert [line.split(" | ")[:3] for line in rows] == [["| 5w1s", "A net", "3"], ["| 5w5s", "A net", "3"],
+                                                       ["| 20w1s", "A net", "3"], ["| 20w5s", "A net", "3"]]
+    for line, i in zip(rows, range(4), strict=True):
+        table = np.array([runs[seed][i]["learners"][0]["accuracies"] for seed in (0, 1, 2)])
+        ci = seed_and_episode_ci(table, resamples=10_000, seed=0)
+        cells = line.strip("| \n").split(" | ")
+        assert cells[3:7] == [f"{100 * ci.mean:.2f}",
+                              f"{100 * ci.episode_ci95_low:.2f} – {100 * ci.episode_ci95_high:.2f}",
+                              f"{100 * ci.seed_ci95_low:.2f} – {100 * ci.seed_ci95_high:.2f}",
+                              f"{100 * ci.bootstrap_ci95_low:.2f} – {100 * ci.bootstrap_ci95_high:.2f}"]
+        assert cells[7] == ", ".join(f"{100 * table[s].mean():.2f} (seed {s})" for s in range(3))
+    # By hand in 5w1s: seed 0 is row A's 97.50; seed 1 has two queries in 60 fewer right on 4 of 8 episodes
+    # (97.50 - 100 * 2/60 / 2 = 95.83); seed 2 one more on 6 of 8 (97.50 + 100 * 1/60 * 6/8 = 98.75).
+    assert rows[0].endswith("| 97.50 (seed 0), 95.83 (seed 1), 98.75 (seed 2) |")
+    assert "| 97.36 |" in rows[0]  # (97.50 + 95.83 + 98.75) / 3
+
+
+def test_a_seed_run_on_other_episodes_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURE / "table", tmp_path / "table")
+    shutil.copy(FIXTURE / "table.json", tmp_path / "table.json")
+    path = tmp_path / "table" / "a_seed2" / "results.json"
+    data = json.loads(path.read_text())
+    data["results"][1]["spec"]["seed"] = 6  # 5w5s drawn with another episode seed
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"a_seed2 was not tested on the episodes of run a: other episodes in 5w5s"):
+        leaderboard.main(["--table", str(tmp_path / "table.json"), "--out", str(tmp_path / "out" / "leaderboard"),
+                          "--no-plot", "--experiments", str(FIXTURE / "experiments")])
+    assert not (tmp_path / "out").exists()
 
 
 def fixture_with_fingerprints(tmp_path: Path, prints: dict[str, str]) -> Path:
