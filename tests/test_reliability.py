@@ -347,7 +347,8 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume_and_the_same_command_resume
     data = make_image_folder(tmp_path / "data")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "fewshot", "train", *crash_args(data), f"hydra.run.dir={run}"],
+    args = [*crash_args(data), "trainer.steps=1000"]  # a window wide enough to interrupt under CI load
+    child = subprocess.Popen([sys.executable, "-m", "fewshot", "train", *args, f"hydra.run.dir={run}"],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = run / "checkpoints" / "last.ckpt"
     try:
@@ -364,7 +365,7 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume_and_the_same_command_resume
     assert line.endswith(f"run again with hydra.run.dir={run}")
     assert not (run / "results.json").exists()
     stopped_at = torch.load(last, weights_only=True)["step"]
-    proc = run_cli("train", [*crash_args(data), f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_cli("train", [*args, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout
     assert f"resumed from {last} at step {stopped_at}" in proc.stdout
 
