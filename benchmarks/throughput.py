@@ -256,7 +256,8 @@ def rounds(cell: dict, impls: tuple[str, ...]) -> list[dict]:
     hits them alike; each round starts one implementation later (round r runs ``impls[r:] + impls[:r]``)."""
     rows = []
     for r in range(cell["repeats"]):
-        rows += [run_spec(cell | {"impl": impl, "round": r}) for impl in impls[r % len(impls):] + impls[:r % len(impls)]]
+        rotated = impls[r % len(impls):] + impls[:r % len(impls)]
+        rows += [run_spec(cell | {"impl": impl, "round": r}) for impl in rotated]
     return rows
 
 

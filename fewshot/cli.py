@@ -43,7 +43,7 @@ from fewshot.evaluation import (
 )
 from fewshot.evaluation.cross_domain import cross_domain_report
 from fewshot.evaluation.ledger import ledger_entry
-from fewshot.evaluation.runs import gather_by_training_data
+from fewshot.evaluation.runs import gather_by_training_data, load_runs
 from fewshot.hydra_app import app_main, in_processes, output_dir, record
 from fewshot.learners import Learner
 from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, TrainingData, check_resume
@@ -337,11 +337,11 @@ def report(cfg: DictConfig) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"dir={root} is not a folder; pass the multirun folder (or a folder of runs)")
     with output_dir() as out_dir:
-        results = gather_results(root, include_eval=cfg.include_eval, skip=out_dir)
-        matrices = cross_domain_report(gather_by_training_data(root, include_eval=cfg.include_eval, skip=out_dir))
+        runs = load_runs(root, include_eval=cfg.include_eval, skip=out_dir)
+        results = gather_results(runs)
+        matrices = cross_domain_report(gather_by_training_data(runs))
         record(cfg, out_dir)
-        write_results(out_dir, results, collect_provenance(config={"dir": str(root)}),
-                      notes=different_copies(root, include_eval=cfg.include_eval, skip=out_dir))
+        write_results(out_dir, results, collect_provenance(config={"dir": str(root)}), notes=different_copies(runs))
         if matrices is not None:
             log.info("cross-domain matrices (rows trained on, columns tested on) in %s",
                      atomic_write_text(out_dir / "cross_domain.md", matrices))

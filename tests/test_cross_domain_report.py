@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from test_cli import fewshot, output
@@ -14,7 +15,7 @@ from test_cli import fewshot, output
 from fewshot.evaluation import EpisodeSpec, EvaluationResult, LearnerResult, gather_results
 from fewshot.evaluation.cross_domain import cross_domain_report
 from fewshot.evaluation.report import collect_provenance, write_json
-from fewshot.evaluation.runs import gather_by_training_data
+from fewshot.evaluation.runs import different_copies, gather_by_training_data, load_runs
 
 HEADER = "# Cross-domain accuracy (%, mean ± 95% CI): rows trained on, columns tested on\n\n"
 
@@ -106,3 +107,24 @@ def test_two_runs_in_one_matrix_cell_are_named_after_their_runs(tmp_path: Path) 
     assert "### ProtoNet [dataset=omniglot,lr=0.01], 5-way 1-shot\n\n" in text
     assert text.endswith("### ProtoNet, 5-way 1-shot\n\n| trained on \\ tested on | omniglot/test |\n|---|---:|\n"
                          "| cub/train | 60.00 ± 4.00 |\n")
+
+
+def test_runs_read_once_serve_all_three_views(tmp_path: Path) -> None:
+    """The report reads each results.json once (load_runs) and builds the table, the matrices and the copy notes
+    from that one read: they equal the views read from the folder, and survive the folder's removal."""
+    write_run(tmp_path / "runs" / "omni", {"ProtoNet": (0.90, 0.010)}, train="omniglot/train", test="omniglot/test",
+              overrides=["dataset=omniglot"])
+    write_run(tmp_path / "runs" / "cub", {"ProtoNet": (0.85, 0.015)}, train="cub/train", test="omniglot/test",
+              overrides=["dataset=cub"])
+    root = tmp_path / "runs"
+    expected = (gather_results(root), gather_by_training_data(root), different_copies(root))
+    runs = load_runs(root)
+    for results_file in root.rglob("results.json"):
+        results_file.unlink()
+    assert [(r.spec, [(x.name, x.mean) for x in r.learners]) for r in gather_results(runs)] == [
+        (r.spec, [(x.name, x.mean) for x in r.learners]) for r in expected[0]]
+    assert [[x.name for x in r.learners] for r in gather_by_training_data(runs)] == [["ProtoNet"], ["ProtoNet"]]
+    assert [[x.name for x in r.learners] for r in expected[1]] == [["ProtoNet"], ["ProtoNet"]]
+    assert different_copies(runs) == expected[2] == []
+    with pytest.raises(FileNotFoundError, match=r"no results\.json"):
+        load_runs(root)

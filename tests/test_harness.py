@@ -10,6 +10,7 @@ from torch import nn
 from episodes import EpisodeBatch, FewShotDataset
 from episodes.sampler import EpisodeSampler
 from fewshot.evaluation import EvaluationResult, evaluate, evaluate_settings, paired_comparison
+from fewshot.evaluation.frame import default_embed_chunk
 from fewshot.learners.base import EmbeddingLearner, Learner
 
 N_WAY, N_SHOT, N_QUERY, EPISODES = 3, 2, 3, 20
@@ -179,6 +180,37 @@ def test_result_fields_and_pairwise_comparisons() -> None:
 class WrongShape(Recorder):
     def predict(self, batch: EpisodeBatch) -> torch.Tensor:
         return super().predict(batch)[..., :2]
+
+
+class ChunkRecorder(ToyProto):
+    """ToyProto that records how many images each embedding pass gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        self.chunks.append(len(x))
+        return super().embed(x)
+
+
+def test_embed_chunk_default_is_device_aware_and_never_changes_scores() -> None:
+    """On a CPU the default chunk is 128 images (faster there than 1024, benchmarks/results/embed_chunk.md); any chunk
+    gives the same accuracies. 40 classes x 6 images, 3-way 2-shot 3-query, 20 episodes in one batch of 32."""
+    data = toy_dataset(classes=40)
+    options: dict[str, object] = {"n_way": N_WAY, "n_shot": N_SHOT, "n_query": N_QUERY, "episodes": EPISODES,
+                                  "seed": 5, "batch_size": 32, "progress": False, "permutations": 0}
+    scores = {}
+    for chunk in (None, 7, 1024):
+        learner = ChunkRecorder()
+        scores[chunk] = evaluate({"proto": learner}, data, embed_chunk=chunk, **options)["proto"].accuracies
+        distinct = sum(learner.chunks)
+        assert distinct > 128  # the 20 episodes use more distinct images than one default chunk
+        expected = {None: default_embed_chunk(torch.device("cpu")), 7: 7, 1024: 1024}[chunk]
+        assert learner.chunks == [expected] * (distinct // expected) + ([distinct % expected] if distinct % expected
+                                                                         else [])
+    assert default_embed_chunk(torch.device("cpu")) == 128 and default_embed_chunk(torch.device("cuda")) == 1024
+    assert torch.equal(scores[None], scores[7]) and torch.equal(scores[None], scores[1024])
 
 
 def test_bad_input_raises_clear_errors() -> None:

@@ -25,10 +25,12 @@ from fewshot.evaluation.report import (
 )
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
 from fewshot.evaluation.runs import (
+    Runs,
     check_same_test_data,
     check_test_set,
     different_copies,
     gather_results,
+    load_runs,
     run_label,
     write_results,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "LearnerResult",
     "OneProcess",
     "PairedComparison",
+    "Runs",
     "SeedEpisodeCI",
     "Shards",
     "bootstrap_ci",
@@ -57,6 +60,7 @@ __all__ = [
     "evaluate_variable",
     "gather_results",
     "holm_adjust",
+    "load_runs",
     "markdown_table",
     "mean_ci95",
     "paired_comparison",

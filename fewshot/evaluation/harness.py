@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from episodes import FewShotDataset
 from episodes.episode_file import EpisodesFile, FixedEpisodes
 from episodes.sampler import EpisodeSampler
-from fewshot.evaluation.frame import ScoringFrame
+from fewshot.evaluation.frame import ScoringFrame, default_embed_chunk
 from fewshot.evaluation.metrics import mean_ci95, paired_comparison
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
 from fewshot.learners.base import EmbeddingLearner, Learner
@@ -105,7 +105,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     embed_once: bool = True,
-    embed_chunk: int = 1024,
+    embed_chunk: int | None = None,
     train_dataset: str | None = None,
     permutations: int = 10_000,
     episodes_file: EpisodesFile | None = None,
@@ -125,7 +125,8 @@ def evaluate(
         progress: show a tqdm progress bar.
         embed_once: score :class:`EmbeddingLearner` s on features of each image computed once
             (same numbers as ``predict``, much faster); False calls ``predict`` on images.
-        embed_chunk: images per embedding forward pass when ``embed_once``.
+        embed_chunk: images per embedding forward pass when ``embed_once``; None:
+            :func:`~fewshot.evaluation.frame.default_embed_chunk` of ``device``.
         train_dataset: name of the learners' training data, recorded for cross-domain tables.
         permutations: random sign patterns of the permutation test of each pair (0 skips it).
         episodes_file: score the episodes of this file (see :func:`evaluate_settings`) instead of seeded ones.
@@ -151,7 +152,7 @@ def evaluate_settings(
     device: torch.device | str = "cpu",
     progress: bool = True,
     embed_once: bool = True,
-    embed_chunk: int = 1024,
+    embed_chunk: int | None = None,
     train_dataset: str | None = None,
     permutations: int = 10_000,
     shards: Shards | None = None,
@@ -169,6 +170,7 @@ def evaluate_settings(
     """
     device = torch.device(device)
     frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
+    embed_chunk = default_embed_chunk(device) if embed_chunk is None else embed_chunk
     check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
                    embed_chunk=embed_chunk)
     shards = shards or OneProcess()

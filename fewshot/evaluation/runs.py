@@ -28,8 +28,8 @@ from fewshot.evaluation.report import (
 )
 from fewshot.evaluation.results import Comparison, EvaluationResult
 
-__all__ = ["check_same_test_data", "check_test_set", "different_copies", "gather_by_training_data", "gather_results",
-           "pool_same_episodes", "run_label", "write_results"]
+__all__ = ["Runs", "check_same_test_data", "check_test_set", "different_copies", "gather_by_training_data",
+           "gather_results", "load_runs", "pool_same_episodes", "run_label", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,42 @@ def run_label(results_file: Path, root: Path) -> str:
     return str(results_file.parent.relative_to(root))
 
 
-def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None = None) -> list[EvaluationResult]:
-    """Every ``results.json`` under ``root`` (a multirun folder, a run, or any folder of runs), in path order.
+#: (results file, its results, its provenance) for each file read.
+Loaded = list[tuple[Path, list[EvaluationResult], dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    """The ``results.json`` files under ``root``, read once (:func:`load_runs`), for :func:`gather_results`,
+    :func:`gather_by_training_data` and :func:`different_copies` to share."""
+
+    root: Path
+    loaded: Loaded
+
+
+def load_runs(root: Path, *, include_eval: bool = False, skip: Path | None = None) -> Runs:
+    """Read every ``results.json`` under ``root`` (a multirun folder, a run, or any folder of runs), in path order.
 
     Re-tests written by ``fewshot-eval`` (under ``eval/``) are left out unless ``include_eval``; results under
-    ``skip`` (e.g. the report's own output folder) always are. Where two runs report the same method name in the
+    ``skip`` (e.g. the report's own output folder) always are. Raises FileNotFoundError, saying what to pass, when
+    there is none."""
+    files = sorted(p for p in root.rglob("results.json")
+                   if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
+                   and (skip is None or skip not in p.parents))
+    if not files:
+        raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
+                                "fewshot-train wrote>")
+    return Runs(root, [(path, *read_json(path)) for path in files])
+
+
+def _runs(root: Path | Runs, include_eval: bool, skip: Path | None) -> Runs:
+    return root if isinstance(root, Runs) else load_runs(root, include_eval=include_eval, skip=skip)
+
+
+def gather_results(root: Path | Runs, *, include_eval: bool = False,
+                   skip: Path | None = None) -> list[EvaluationResult]:
+    """Every result of the runs under ``root`` (a folder, read by :func:`load_runs` with ``include_eval`` and
+    ``skip``, or runs already read), in path order. Where two runs report the same method name in the
     same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
     so one table holds them all (:func:`gather_by_training_data` names them for cross-domain matrices instead).
 
@@ -83,26 +114,22 @@ def gather_results(root: Path, *, include_eval: bool = False, skip: Path | None 
     two runs can be compared episode by episode. Results on different copies of the same classes are not pooled,
     and a warning names them (:func:`different_copies`).
     """
-    loaded = _load_results(root, include_eval=include_eval, skip=skip)
-    copies = _fingerprints(loaded)
-    for note in _copies(loaded, root):
+    runs = _runs(root, include_eval, skip)
+    copies = _fingerprints(runs.loaded)
+    for note in _copies(runs):
         log.warning("%s", note)
-    renamed = _renamed(loaded, root, clash=_same_column)
+    renamed = _renamed(runs, clash=_same_column)
     return pool_same_episodes([(_pool_key(provenance, copies), result) for provenance, result in renamed])
 
 
-def gather_by_training_data(root: Path, *, include_eval: bool = False,
+def gather_by_training_data(root: Path | Runs, *, include_eval: bool = False,
                             skip: Path | None = None) -> list[EvaluationResult]:
     """The results :func:`gather_results` chooses, unpooled and named for cross-domain matrices
     (:func:`~fewshot.evaluation.cross_domain.cross_domain_markdown`): a method keeps its own name whatever data it
     was trained and tested on, so one method trained on two datasets gives one matrix with two rows. Only where two
     runs report one method in the same setting, trained on the same data and tested on the same data (one matrix
     cell), is each renamed ``name [overrides]`` (:func:`run_label`)."""
-    loaded = _load_results(root, include_eval=include_eval, skip=skip)
-    return [result for _, result in _renamed(loaded, root, clash=_same_cell)]
-
-
-Loaded = list[tuple[Path, list[EvaluationResult], dict[str, Any]]]
+    return [result for _, result in _renamed(_runs(root, include_eval, skip), clash=_same_cell)]
 
 
 def _same_column(name: str, result: EvaluationResult) -> tuple[str, ...]:
@@ -115,32 +142,22 @@ def _same_cell(name: str, result: EvaluationResult) -> tuple[str | None, ...]:
     return name, result.spec.setting, result.train_dataset, result.test_dataset
 
 
-def _renamed(loaded: Loaded, root: Path, *, clash: Callable[[str, EvaluationResult], tuple[str | None, ...]]
+def _renamed(runs: Runs, *, clash: Callable[[str, EvaluationResult], tuple[str | None, ...]]
              ) -> list[tuple[dict[str, Any], EvaluationResult]]:
-    """(provenance, result) for every result of ``loaded``, each learner (and its comparisons) whose ``clash`` key
+    """(provenance, result) for every result of ``runs``, each learner (and its comparisons) whose ``clash`` key
     (of its name and result) occurs more than once renamed ``name [overrides]`` after its run (:func:`run_label`)."""
-    seen = Counter(clash(learner.name, result) for _, results, _ in loaded for result in results
+    seen = Counter(clash(learner.name, result) for _, results, _ in runs.loaded for result in results
                    for learner in result.learners)
     renamed = []
-    for path, results, provenance in loaded:
+    for path, results, provenance in runs.loaded:
         for result in results:
             def rename(name: str, result: EvaluationResult = result, path: Path = path) -> str:
-                return f"{name} [{run_label(path, root)}]" if seen[clash(name, result)] > 1 else name
+                return f"{name} [{run_label(path, runs.root)}]" if seen[clash(name, result)] > 1 else name
             learners = tuple(dataclasses.replace(r, name=rename(r.name)) for r in result.learners)
             comparisons = tuple(dataclasses.replace(c, learner_a=rename(c.learner_a), learner_b=rename(c.learner_b))
                                 for c in result.comparisons)
             renamed.append((provenance, dataclasses.replace(result, learners=learners, comparisons=comparisons)))
     return renamed
-
-
-def _load_results(root: Path, *, include_eval: bool, skip: Path | None) -> Loaded:
-    files = sorted(p for p in root.rglob("results.json")
-                   if (include_eval or "eval" not in p.relative_to(root).parts[:-1])
-                   and (skip is None or skip not in p.parents))
-    if not files:
-        raise FileNotFoundError(f"no results.json under {root}; pass dir=<a multirun folder or run folder that "
-                                "fewshot-train wrote>")
-    return [(path, *read_json(path)) for path in files]
 
 
 def tested_key(provenance: dict[str, Any]) -> tuple[str, str | None]:
@@ -171,26 +188,26 @@ def _pool_key(provenance: dict[str, Any], copies: dict[str, dict[str, list[Path]
     return f"{tested} {fingerprint}"
 
 
-def _copies(loaded: Loaded, root: Path) -> list[str]:
+def _copies(runs: Runs) -> list[str]:
     notes = []
-    for tested, copies in _fingerprints(loaded).items():
+    for tested, copies in _fingerprints(runs.loaded).items():
         if len(copies) < 2:
             continue
         name = json.loads(tested)["name"] if tested != "null" else "?"
-        runs = "; ".join(f"{short(fingerprint)}: {', '.join(run_label(p, root) for p in paths)}"
-                         for fingerprint, paths in copies.items())
+        labels = "; ".join(f"{short(fingerprint)}: {', '.join(run_label(p, runs.root) for p in paths)}"
+                           for fingerprint, paths in copies.items())
         notes.append(f"not comparable: results on {name} were scored on {len(copies)} different copies of the test "
-                     f"data (same classes, other pixels; content fingerprints {runs}); python -m fewshot data check "
+                     f"data (same classes, other pixels; content fingerprints {labels}); python -m fewshot data check "
                      "says which copy a folder holds")
     return notes
 
 
-def different_copies(root: Path, *, include_eval: bool = False, skip: Path | None = None) -> list[str]:
+def different_copies(root: Path | Runs, *, include_eval: bool = False, skip: Path | None = None) -> list[str]:
     """One line for each test set whose results under ``root`` (chosen as :func:`gather_results` chooses them) were
     scored on different copies of the data: the same classes and image counts, different content fingerprints
     (:func:`episodes.fingerprint.content_fingerprint`), naming the runs of each copy. Such results are not pooled
     and not comparable."""
-    return _copies(_load_results(root, include_eval=include_eval, skip=skip), root)
+    return _copies(_runs(root, include_eval, skip))
 
 
 def pool_same_episodes(results: list[tuple[str, EvaluationResult]]) -> list[EvaluationResult]:

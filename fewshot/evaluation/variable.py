@@ -15,7 +15,7 @@ import torch
 
 from episodes import FewShotDataset
 from episodes.variable import VariableEpisodeSampler, VariableShape
-from fewshot.evaluation.frame import ScoringFrame
+from fewshot.evaluation.frame import ScoringFrame, default_embed_chunk
 from fewshot.evaluation.harness import OneProcess, Shards, _accuracy, _embed_rows, _result
 from fewshot.evaluation.results import EpisodeSpec, EvaluationResult
 from fewshot.learners.base import Learner
@@ -59,7 +59,7 @@ def evaluate_variable(
     device: torch.device | str = "cpu",
     progress: bool = True,
     embed_once: bool = True,
-    embed_chunk: int = 1024,
+    embed_chunk: int | None = None,
     train_dataset: str | None = None,
     permutations: int = 10_000,
     shards: Shards | None = None,
@@ -77,7 +77,8 @@ def evaluate_variable(
         progress: show a tqdm progress bar.
         embed_once: score :class:`EmbeddingLearner` s on features of each image computed once (the numbers of
             ``predict``); False calls ``predict`` on images.
-        embed_chunk: images per embedding forward pass when ``embed_once``.
+        embed_chunk: images per embedding forward pass when ``embed_once``; None:
+            :func:`~fewshot.evaluation.frame.default_embed_chunk` of ``device``.
         train_dataset: name of the learners' training data, recorded for cross-domain tables.
         permutations: random sign patterns of the permutation test of each pair (0 skips it).
         shards: several processes, each calling this: a process scores its contiguous block of the episodes and
@@ -90,6 +91,7 @@ def evaluate_variable(
     device = torch.device(device)
     shape = VariableShape() if shape is None else shape
     frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
+    embed_chunk = default_embed_chunk(device) if embed_chunk is None else embed_chunk
     check_variable(learners, dataset, shape=shape, episodes=episodes)
     if isinstance(embed_chunk, bool) or not isinstance(embed_chunk, int) or embed_chunk < 1:
         raise ValueError(f"embed_chunk must be an integer >= 1, got {embed_chunk!r}")

@@ -220,7 +220,7 @@ def evaluate_distributed(
     seed: int = 0,
     batch_size: int = 32,
     embed_once: bool = True,
-    embed_chunk: int = 1024,
+    embed_chunk: int | None = None,
     train_dataset: str | None = None,
     permutations: int = 10_000,
 ) -> list[EvaluationResult]:
