@@ -1,7 +1,7 @@
 """Variance over training seeds for the leaderboard (``benchmarks/leaderboard.py``): a row of the accuracy table
 may carry runs of further training seeds (``accuracy_table.py --seed-run``), tested on the row's own episodes; this
 module checks that they are and reports the spread over episodes, over seeds and over both
-(:func:`fewshot.evaluation.metrics.seed_and_episode_ci`)."""
+(:func:`fewshot.evaluation.bootstrap.seed_and_episode_ci`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.evaluation.metrics import seed_and_episode_ci
+from fewshot.evaluation.bootstrap import seed_and_episode_ci
 from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.runs import tested_key
 

@@ -13,19 +13,16 @@ import torch
 from scipy import stats
 
 from fewshot.evaluation import Comparison, EpisodeSpec, EvaluationResult, LearnerResult, read_json, write_json
+from fewshot.evaluation.bootstrap import SeedEpisodeCI, bootstrap_ci, seed_and_episode_ci, two_level_bootstrap_means
 from fewshot.evaluation.metrics import (
     PairedComparison,
-    SeedEpisodeCI,
-    bootstrap_ci,
     mean_ci95,
     paired_comparison,
     regularized_incomplete_beta,
-    seed_and_episode_ci,
     sign_flip_p_value,
     student_t_cdf,
     student_t_ppf,
     student_t_two_sided_p,
-    two_level_bootstrap_means,
     wilcoxon_p_value,
 )
 

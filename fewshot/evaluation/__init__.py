@@ -1,17 +1,9 @@
 """Evaluation: every learner on the same seeded episodes, accuracy statistics, and reports."""
 
+from fewshot.evaluation.bootstrap import SeedEpisodeCI, bootstrap_ci, seed_and_episode_ci
 from fewshot.evaluation.episode_plot import episode_figure, plot_episode
 from fewshot.evaluation.harness import OneProcess, Shards, check_settings, evaluate, evaluate_settings
-from fewshot.evaluation.metrics import (
-    PairedComparison,
-    SeedEpisodeCI,
-    bootstrap_ci,
-    holm_adjust,
-    mean_ci95,
-    paired_comparison,
-    seed_and_episode_ci,
-    wilcoxon_p_value,
-)
+from fewshot.evaluation.metrics import PairedComparison, holm_adjust, mean_ci95, paired_comparison, wilcoxon_p_value
 from fewshot.evaluation.report import (
     collect_provenance,
     csv_rows,
