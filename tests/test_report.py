@@ -158,7 +158,7 @@ def test_learning_curve_rejects_bad_history(tmp_path: Path) -> None:
 def test_plots_are_skipped_with_a_warning_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
-    with caplog.at_level(logging.WARNING, logger="fewshot.evaluation.report"):
+    with caplog.at_level(logging.WARNING, logger="fewshot.evaluation.plots"):
         assert plot_accuracy_vs_shots(tmp_path / "shots.png", make_result({"protonet": (0.9, 0.01)})) is None
     assert "matplotlib is not installed" in caplog.text
     assert not any(tmp_path.iterdir())

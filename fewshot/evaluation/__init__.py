@@ -4,12 +4,11 @@ from fewshot.evaluation.bootstrap import SeedEpisodeCI, bootstrap_ci, seed_and_e
 from fewshot.evaluation.episode_plot import episode_figure, plot_episode
 from fewshot.evaluation.harness import OneProcess, Shards, check_settings, evaluate, evaluate_settings
 from fewshot.evaluation.metrics import PairedComparison, holm_adjust, mean_ci95, paired_comparison, wilcoxon_p_value
+from fewshot.evaluation.plots import plot_accuracy_vs_shots, plot_learning_curve
 from fewshot.evaluation.report import (
     collect_provenance,
     csv_rows,
     markdown_table,
-    plot_accuracy_vs_shots,
-    plot_learning_curve,
     read_json,
     write_csv,
     write_json,

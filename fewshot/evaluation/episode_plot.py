@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from episodes import EpisodeBatch, FewShotDataset
-from fewshot.evaluation.report import _save_png
+from fewshot.evaluation.plots import save_png
 
 __all__ = ["episode_figure", "plot_episode"]
 
@@ -159,4 +159,4 @@ def plot_episode(path: str | os.PathLike[str], batch: EpisodeBatch, *, task: int
         the PNG path, or None when matplotlib is missing (a warning is logged; nothing is written).
     """
     figure = episode_figure(batch, task=task, predictions=predictions, dataset=dataset, queries=queries, title=title)
-    return None if figure is None else _save_png(figure, path)
+    return None if figure is None else save_png(figure, path)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fewshot.evaluation.metrics import holm_adjust
-from fewshot.evaluation.report import _new_figure, _save_png
+from fewshot.evaluation.plots import new_figure, save_png
 from fewshot.evaluation.results import EvaluationResult
 
 __all__ = ["plot_leaderboard", "tied_with_best"]
@@ -53,7 +53,7 @@ def plot_leaderboard(path: str | os.PathLike[str], results: Iterable[EvaluationR
         raise ValueError("no results to plot")
     ties = [tied_with_best(result, alpha=alpha) for result in items]
     height = max(len(result.learners) for result in items)
-    figure = _new_figure(len(items))
+    figure = new_figure(len(items))
     if figure is None:
         return None
     figure.set_size_inches(4.5 * len(items), 1.0 + 0.32 * height)
@@ -69,4 +69,4 @@ def plot_leaderboard(path: str | os.PathLike[str], results: Iterable[EvaluationR
         axes.grid(axis="x", alpha=0.3)
     figure.suptitle(f"filled: not significantly below the best of its protocol (paired t-test, Holm, alpha {alpha:g}); "
                     "orange: transductive", fontsize="small")
-    return _save_png(figure, path)
+    return save_png(figure, path)

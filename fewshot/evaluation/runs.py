@@ -18,14 +18,8 @@ from episodes import FewShotDataset
 from episodes.files import atomic_write_text
 from episodes.fingerprint import content_fingerprint, short
 from fewshot.evaluation.metrics import paired_comparison
-from fewshot.evaluation.report import (
-    comparisons_markdown,
-    markdown_table,
-    plot_accuracy_vs_shots,
-    read_json,
-    write_csv,
-    write_json,
-)
+from fewshot.evaluation.plots import plot_accuracy_vs_shots
+from fewshot.evaluation.report import comparisons_markdown, markdown_table, read_json, write_csv, write_json
 from fewshot.evaluation.results import Comparison, EvaluationResult
 
 __all__ = ["Runs", "check_same_test_data", "check_test_set", "different_copies", "gather_by_training_data",
