@@ -297,9 +297,9 @@ def merge_rounds(runs: list[dict]) -> dict:
         return runs[0]
     rates = sorted(r["per_s"] for r in ok)
     median = statistics.median(rates)
-    row = ok[0] | {"per_s": median, "s_per_call": statistics.median(r["s_per_call"] for r in ok if "s_per_call" in r)
-                   if all("s_per_call" in r for r in ok) else None,
-                   "rates": [r["per_s"] for r in ok], "spread": (rates[-1] - rates[0]) / median}
+    row = ok[0] | {"per_s": median, "rates": [r["per_s"] for r in ok], "spread": (rates[-1] - rates[0]) / median}
+    if all("s_per_call" in r for r in ok):  # timed subprocess calls (not the in-process sampling rows)
+        row["s_per_call"] = statistics.median(r["s_per_call"] for r in ok)
     if all("peak_mib" in r for r in ok):
         row["peak_mib"] = max(r["peak_mib"] for r in ok)
     return row

@@ -125,9 +125,11 @@ def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.
     velocity: Params = {}
     moments: Moments = {}
     for step in range(1, steps + 1):
-        # First order: differentiate at detached values, so no graph of the inner backward is recorded for
-        # the outer gradient (the same gradients, at the cost of an ordinary backward).
-        point = {k: v.detach() for k, v in params.items()} if first_order else params
+        # First order under vmap: differentiate at detached values, as torch.func.grad's gradient is
+        # differentiable by outer autograd whenever its point is. The sequential path needs no detaching:
+        # autograd.grad without create_graph already returns constants, and differentiating at the attached
+        # values measured 6-8% faster for 5 first-order steps on CPU (benchmarks/results/throughput_cpu.md).
+        point = {k: v.detach() for k, v in params.items()} if first_order and batched else params
         grads, loss = (_func_grad(loss_fn, point, adapted) if batched
                        else _autograd_grad(loss_fn, point, adapted, create_graph=not first_order))
         if optimizer == "adam":
