@@ -1,20 +1,21 @@
-"""glibc's allocator thresholds for the command-line apps' own process (never applied on import of the library).
+"""glibc's allocator settings for the command-line apps' own process (never applied on import of the library).
 
-On Linux with glibc, a tensor larger than the allocator's mmap threshold (dynamic, 128 KiB to 32 MiB) is mapped
-afresh on every allocation and page-faulted on first touch, and freed heap memory above the trim threshold is
-handed back to the kernel. MAML's per-step intermediates are such tensors: with a 64 MiB mmap threshold and a
-128 MiB trim threshold the heap keeps and reuses that memory, and a bare CPU MAML loop ran 20-30% faster for this
-library and every peer alike (README, "Benchmarks"). In a whole app run the gain is smaller, since loading a
-dataset already raises glibc's dynamic thresholds; ``benchmarks/results/allocator.md`` measures both. The cost is a
-process that keeps up to the trim threshold of freed memory instead of returning it at once.
+On Linux with glibc, a tensor larger than the allocator's mmap threshold (dynamic, 128 KiB up to a hard cap of
+32 MiB on 64-bit) is mapped afresh on every allocation and page-faulted on first touch, and freed heap memory above
+the trim threshold is handed back to the kernel, to be faulted in again on the next step. Training steps allocate
+and free such tensors every step: ProtoNet's 60-way Omniglot episodes (360 images, activations of 70 MB per
+layer) and MAML's per-step intermediates. With mmap off for allocations (``M_MMAP_MAX`` 0: every block comes
+from the heap) and a 1 GiB trim threshold, the heap keeps and reuses that memory: a shortened README main job
+ran 1.48x faster, its system time down from 26 to 0.9 seconds (``benchmarks/results/allocator.md``). The cost is a
+process that keeps up to 1 GiB of freed memory instead of returning it at once (peak RSS measured 13% higher).
 
-:func:`tune_allocator` sets the two thresholds with glibc's ``mallopt`` at the start of each app entry point
+:func:`tune_allocator` applies both with glibc's ``mallopt`` at the start of each app entry point
 (:func:`fewshot.hydra_app.app_main`), the same as starting the process with
-``MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=134217728``. It changes nothing:
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824``. It changes nothing:
 
-- for a threshold the user set in the environment (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, or
-  ``glibc.malloc.mmap_threshold`` / ``glibc.malloc.trim_threshold`` in ``GLIBC_TUNABLES``): glibc already applied
-  the user's value at start-up, and it is kept;
+- when the user set any of glibc's allocator thresholds in the environment (``MALLOC_MMAP_MAX_``,
+  ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, or their ``glibc.malloc.*`` names in ``GLIBC_TUNABLES``):
+  glibc applied the user's values at start-up, and they are the user's choice;
 - when ``FEWSHOT_NO_MALLOPT`` is set to anything but an empty string or ``0`` (``FEWSHOT_NO_MALLOPT=1 fewshot-train
   ...``): glibc's defaults stay;
 - off glibc (macOS, Windows, musl): nothing to set; a debug line says so.
@@ -30,7 +31,7 @@ import logging
 import os
 from collections.abc import Callable
 
-__all__ = ["DISABLE_VARIABLE", "THRESHOLDS", "tune_allocator"]
+__all__ = ["DISABLE_VARIABLE", "SETTINGS", "USER_SETTINGS", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,19 @@ log = logging.getLogger(__name__)
 DISABLE_VARIABLE = "FEWSHOT_NO_MALLOPT"
 
 
-#: (mallopt parameter number from glibc's malloc.h, the environment variable and the GLIBC_TUNABLES name a user
-#: sets it with, the value the apps use in bytes).
-THRESHOLDS: dict[str, tuple[int, str, str, int]] = {
-    "mmap_threshold": (-3, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", 64 * 2**20),  # M_MMAP_THRESHOLD
-    "trim_threshold": (-1, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", 128 * 2**20),  # M_TRIM_THRESHOLD
+#: What the apps set, in order: (mallopt parameter number from glibc's malloc.h, the value).
+SETTINGS: dict[str, tuple[int, int]] = {
+    "mmap_max": (-4, 0),  # M_MMAP_MAX: no block is mapped on its own; all come from the heap
+    "trim_threshold": (-1, 2**30),  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap top
 }
+
+#: The user's own settings of glibc's thresholds (environment variables, GLIBC_TUNABLES names): any one of them and
+#: the apps leave the allocator alone.
+USER_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("MALLOC_MMAP_MAX_", "glibc.malloc.mmap_max"),
+    ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+    ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
+)
 
 Mallopt = Callable[[int, int], int]
 
@@ -72,30 +80,29 @@ def _set_by_user(variable: str, tunable: str) -> bool:
 
 
 def tune_allocator() -> dict[str, int]:
-    """Set glibc's mmap and trim thresholds of this process to the values of :data:`THRESHOLDS`, except those the
-    user set in the environment, unless ``FEWSHOT_NO_MALLOPT`` is set or the C library is not glibc.
+    """Apply :data:`SETTINGS` to glibc's allocator of this process, unless the user set any of glibc's thresholds
+    (:data:`USER_SETTINGS`), ``FEWSHOT_NO_MALLOPT`` is set, or the C library is not glibc.
 
-    Call it first thing in an application's entry point, never at import. Returns what was set (name -> bytes).
+    Call it first thing in an application's entry point, never at import. Returns what was set (name -> value).
+    The trim threshold is set only once mmap is off: setting it alone would also freeze glibc's dynamic mmap
+    threshold at its 128 KiB start.
     """
     if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
         log.debug("%s is set: glibc's allocator settings left as they are", DISABLE_VARIABLE)
         return {}
     mallopt = _glibc_mallopt()
     if mallopt is None:
-        log.debug("the C library is not glibc: no allocator thresholds to set")
+        log.debug("the C library is not glibc: no allocator settings to apply")
+        return {}
+    user = [variable for variable, tunable in USER_SETTINGS if _set_by_user(variable, tunable)]
+    if user:
+        log.debug("%s set in the environment: glibc's allocator settings left as the user set them", user)
         return {}
     applied: dict[str, int] = {}
-    for name, (param, variable, tunable, value) in THRESHOLDS.items():
-        if _set_by_user(variable, tunable):
-            log.debug("%s set in the environment: kept", variable)
-            continue
-        # where glibc refuses 64 MiB (releases that cap the mmap threshold at 32 MiB on 64-bit), take 32 MiB
-        for candidate in (value, 32 * 2**20) if name == "mmap_threshold" else (value,):
-            if mallopt(param, candidate) == 1:
-                applied[name] = candidate
-                break
-        else:  # setting the trim threshold alone would freeze the mmap threshold at its 128 KiB start
-            log.debug("glibc refused mallopt(%s): its default allocator settings are kept", name)
+    for name, (param, value) in SETTINGS.items():
+        if mallopt(param, value) != 1:
+            log.debug("glibc refused mallopt(%s=%d): the rest of its settings are left as they are", name, value)
             break
-    log.debug("glibc allocator thresholds set: %s", applied)
+        applied[name] = value
+    log.debug("glibc allocator settings applied: %s", applied)
     return applied

@@ -156,9 +156,9 @@ _TASK_STARTED = [False]
 def app_main(config_name: str, task: Callable[[DictConfig], None]) -> Callable[[], None]:
     """The entry point of one app: Hydra composes ``configs/<config_name>.yaml`` and runs ``task`` under
     :func:`_guard`; a config Hydra cannot compose (unknown key, option or bad value) exits with 2 like every other
-    bad input (Hydra itself exits with 1 after printing the error). Before anything else, the entry point sets
-    glibc's allocator thresholds of its own process (:func:`fewshot.allocator.tune_allocator`; off with
-    ``FEWSHOT_NO_MALLOPT=1``)."""
+    bad input (Hydra itself exits with 1 after printing the error). Before anything else, the entry point applies
+    the apps' glibc allocator settings to its own process (:func:`fewshot.allocator.tune_allocator`: mmap off, a
+    1 GiB trim threshold; off with ``FEWSHOT_NO_MALLOPT=1``)."""
     app = hydra.main(version_base="1.3", config_path="configs", config_name=config_name)(_guard(task))
 
     def main() -> None:

@@ -1,5 +1,6 @@
-"""glibc allocator thresholds: set by the command-line apps for their own process, never on import of the library;
-the user's environment wins; FEWSHOT_NO_MALLOPT switches it off; nothing happens off glibc."""
+"""glibc allocator settings (mmap off, 1 GiB trim threshold): applied by the command-line apps to their own process,
+never on import of the library; any allocator threshold of the user's environment wins; FEWSHOT_NO_MALLOPT switches
+it off; nothing happens off glibc."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from fewshot import __main__ as entry
 from fewshot import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-MMAP, TRIM = (-3, 64 * 2**20), (-1, 128 * 2**20)
-USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", allocator.DISABLE_VARIABLE)
+MMAP, TRIM = (-4, 0), (-1, 2**30)  # (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 GiB)
+USER_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES",
+                  allocator.DISABLE_VARIABLE)
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("app", ["train", "eval", "pretrain", "report"])
-def test_each_app_entry_point_sets_both_thresholds_once(app: str, calls: list, monkeypatch: pytest.MonkeyPatch,
+def test_each_app_entry_point_applies_both_settings_once(app: str, calls: list, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(sys, "argv", ["fewshot", app, "--help"])
     with pytest.raises(SystemExit) as exit_:  # Hydra prints the app's help and exits
@@ -52,16 +54,17 @@ def test_each_app_entry_point_sets_both_thresholds_once(app: str, calls: list, m
     assert calls == [MMAP, TRIM]
 
 
-def test_user_environment_wins(calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
-    assert allocator.tune_allocator() == {"trim_threshold": TRIM[1]} and calls == [TRIM]
-    calls.clear()
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=4096")
-    assert allocator.tune_allocator() == {"mmap_threshold": MMAP[1]} and calls == [MMAP]
-    calls.clear()
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"), ("MALLOC_MMAP_MAX_", "65536"), ("MALLOC_TRIM_THRESHOLD_", "4096"),
+    ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=4096"),
+    ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=8192")])
+def test_any_user_setting_wins(variable: str, value: str, calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
     assert allocator.tune_allocator() == {} and calls == []
+    for name in USER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # an unrelated tunable is not a threshold
+    assert allocator.tune_allocator() == {"mmap_max": 0, "trim_threshold": 2**30} and calls == [MMAP, TRIM]
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", []), ("yes", []), ("0", [MMAP, TRIM]), ("", [MMAP, TRIM])])
@@ -71,19 +74,18 @@ def test_switch_off(value: str, expected: list, calls: list, monkeypatch: pytest
     assert calls == expected
 
 
-def test_refused_mmap_threshold_takes_32_mib_or_leaves_both(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_mmap_max_leaves_the_trim_threshold_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trim threshold set alone would freeze glibc's dynamic mmap threshold at 128 KiB: never set it alone."""
     for variable in USER_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-    for limit, expected in ((32 * 2**20, {"mmap_threshold": 32 * 2**20, "trim_threshold": TRIM[1]}), (0, {})):
-        recorded = []
+    recorded: list[tuple[int, int]] = []
 
-        def mallopt(param: int, value: int, limit: int = limit, recorded: list = recorded) -> int:
-            recorded.append((param, value))
-            return int(param != MMAP[0] or value <= limit)
+    def mallopt(param: int, value: int) -> int:
+        recorded.append((param, value))
+        return int(param != MMAP[0])
 
-        monkeypatch.setattr(allocator, "_glibc_mallopt", lambda mallopt=mallopt: mallopt)
-        assert allocator.tune_allocator() == expected
-        assert all(param == MMAP[0] for param, _ in recorded) == (limit == 0)  # no trim threshold alone
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: mallopt)
+    assert allocator.tune_allocator() == {} and recorded == [MMAP]
 
 
 def test_not_glibc_is_a_no_op(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -98,7 +100,8 @@ def test_not_glibc_is_a_no_op(monkeypatch: pytest.MonkeyPatch, caplog: pytest.Lo
 
 
 # Run in a fresh process: allocate 40 MiB with malloc and report whether glibc mapped it (above its mmap threshold;
-# the default threshold never exceeds 32 MiB on 64-bit), after importing the library, then after tune_allocator().
+# the default threshold never exceeds 32 MiB on 64-bit), after importing the library, then after tune_allocator();
+# and whether the heap kept the 40 MiB once freed (trim threshold above it).
 _PROBE = """
 import ctypes, json
 libc = ctypes.CDLL(None)
@@ -118,8 +121,10 @@ allocator._glibc_mallopt = lambda: lambda param, value: calls.append(param) or 1
 import fewshot, fewshot.cli, fewshot.hydra_app, fewshot.__main__
 after_import = mapped()
 allocator._glibc_mallopt = real
-print(json.dumps({"calls": calls, "after_import": after_import, "applied": allocator.tune_allocator(),
-                  "after_tune": mapped()}))
+applied = allocator.tune_allocator()
+after_tune = mapped()
+print(json.dumps({"calls": calls, "after_import": after_import, "applied": applied, "after_tune": after_tune,
+                  "heap_kept": libc.mallinfo2().arena >= 40 << 20}))
 """
 
 
@@ -133,5 +138,6 @@ def test_importing_the_library_leaves_the_allocator_alone_and_the_app_setting_ta
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["calls"] == [], "importing the apps' modules called mallopt"
     assert probe["after_import"] is True, "importing fewshot changed glibc's mmap threshold"
-    assert probe["applied"] == {"mmap_threshold": MMAP[1], "trim_threshold": TRIM[1]}
-    assert probe["after_tune"] is False, "mallopt did not raise the mmap threshold"
+    assert probe["applied"] == {"mmap_max": 0, "trim_threshold": 2**30}
+    assert probe["after_tune"] is False, "mallopt did not turn mmap off"
+    assert probe["heap_kept"] is True, "the heap was trimmed below the freed 40 MiB"
