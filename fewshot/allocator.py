@@ -6,8 +6,9 @@ the trim threshold is handed back to the kernel, to be faulted in again on the n
 and free such tensors every step: ProtoNet's 60-way Omniglot episodes (360 images, activations of 70 MB per
 layer) and MAML's per-step intermediates. With mmap off for allocations (``M_MMAP_MAX`` 0: every block comes
 from the heap) and a 1 GiB trim threshold, the heap keeps and reuses that memory: a shortened README main job
-ran 1.48x faster, its system time down from 26 to 0.9 seconds (``benchmarks/results/allocator.md``). The cost is a
-process that keeps up to 1 GiB of freed memory instead of returning it at once (peak RSS measured 13% higher).
+ran 1.83x faster than with glibc's defaults, its system time down from 47 to 0.9 seconds, for 21% more peak
+memory (``benchmarks/results/allocator.md``). The cost is a process that keeps up to 1 GiB of freed memory
+instead of returning it at once.
 
 :func:`tune_allocator` applies both with glibc's ``mallopt`` at the start of each app entry point
 (:func:`fewshot.hydra_app.app_main`), the same as starting the process with
