@@ -68,7 +68,7 @@ def test_report_of_one_training_and_one_test_dataset_writes_no_matrix(tmp_path: 
     for name in ("ProtoNet", "MAML"):
         write_run(tmp_path / name, {name: (0.9, 0.01)}, train="omniglot/train", test="omniglot/test",
                   overrides=[f"learner={name}"])
-    assert cross_domain_report(gather_by_training_data(tmp_path)) is None
+    assert cross_domain_report(gather_by_training_data(load_runs(tmp_path))) is None
     done = fewshot("report", f"dir={tmp_path}")
     assert (tmp_path / "report" / "results.md").is_file()
     assert not (tmp_path / "report" / "cross_domain.md").exists()
@@ -81,10 +81,10 @@ def test_one_method_trained_on_two_datasets_is_one_matrix_with_two_rows(tmp_path
     write_run(tmp_path / "1", {"ProtoNet": (0.60, 0.040)}, train="cub/train", test="omniglot/test",
               overrides=["dataset=cub"])
     # the main table renames the two runs of one method on one test set, as it always did ...
-    assert [learner.name for result in gather_results(tmp_path) for learner in result.learners] == [
+    assert [learner.name for result in gather_results(load_runs(tmp_path)) for learner in result.learners] == [
         "ProtoNet [dataset=omniglot]", "ProtoNet [dataset=cub]"]
     # ... but the matrix groups them by the method's own name: one matrix, a row per training dataset
-    assert cross_domain_report(gather_by_training_data(tmp_path)) == HEADER + (
+    assert cross_domain_report(gather_by_training_data(load_runs(tmp_path))) == HEADER + (
         "### ProtoNet, 5-way 1-shot\n\n"
         "| trained on \\ tested on | omniglot/test |\n"
         "|---|---:|\n"
@@ -99,7 +99,7 @@ def test_two_runs_in_one_matrix_cell_are_named_after_their_runs(tmp_path: Path) 
               overrides=["dataset=omniglot", "lr=0.01"])
     write_run(tmp_path / "2", {"ProtoNet": (0.60, 0.040)}, train="cub/train", test="omniglot/test",
               overrides=["dataset=cub", "lr=0.1"])
-    gathered = gather_by_training_data(tmp_path)
+    gathered = gather_by_training_data(load_runs(tmp_path))
     assert [learner.name for result in gathered for learner in result.learners] == [
         "ProtoNet [dataset=omniglot,lr=0.1]", "ProtoNet [dataset=omniglot,lr=0.01]", "ProtoNet"]
     text = cross_domain_report(gathered)
@@ -111,13 +111,14 @@ def test_two_runs_in_one_matrix_cell_are_named_after_their_runs(tmp_path: Path) 
 
 def test_runs_read_once_serve_all_three_views(tmp_path: Path) -> None:
     """The report reads each results.json once (load_runs) and builds the table, the matrices and the copy notes
-    from that one read: they equal the views read from the folder, and survive the folder's removal."""
+    from that one read: they equal the views of a separate read, and survive the folder's removal."""
     write_run(tmp_path / "runs" / "omni", {"ProtoNet": (0.90, 0.010)}, train="omniglot/train", test="omniglot/test",
               overrides=["dataset=omniglot"])
     write_run(tmp_path / "runs" / "cub", {"ProtoNet": (0.85, 0.015)}, train="cub/train", test="omniglot/test",
               overrides=["dataset=cub"])
     root = tmp_path / "runs"
-    expected = (gather_results(root), gather_by_training_data(root), different_copies(root))
+    expected = (gather_results(load_runs(root)), gather_by_training_data(load_runs(root)),
+                different_copies(load_runs(root)))
     runs = load_runs(root)
     for results_file in root.rglob("results.json"):
         results_file.unlink()

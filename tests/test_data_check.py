@@ -19,7 +19,7 @@ from episodes import FewShotDataset
 from episodes.datasets.manifest import MANIFEST_DIR, Manifest, compare_split, find_manifest, read_manifest
 from episodes.datasets.miniimagenet import read_ravi_split
 from episodes.fingerprint import content_fingerprint, short
-from fewshot.evaluation import check_same_test_data, different_copies, gather_results, write_results
+from fewshot.evaluation import check_same_test_data, different_copies, gather_results, load_runs, write_results
 from fewshot.evaluation.report import collect_provenance, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,16 +159,17 @@ def test_report_pools_only_results_on_the_same_copy_and_says_which_are_not_compa
     write_run(tmp_path / "a", "a", [0.8, 0.9, 1.0], "f" * 64)
     write_run(tmp_path / "b", "b", [0.7, 0.9, 0.8], "f" * 64)
     write_run(tmp_path / "old", "old", [0.6, 0.7, 0.8], None)  # written before fingerprints: the one known copy
-    assert [sorted(r.name for r in m.learners) for m in gather_results(tmp_path)] == [["a", "b", "old"]]
-    assert different_copies(tmp_path) == []
+    assert [sorted(r.name for r in m.learners) for m in gather_results(load_runs(tmp_path))] == [["a", "b", "old"]]
+    assert different_copies(load_runs(tmp_path)) == []
     write_run(tmp_path / "c", "c", [0.5, 0.5, 0.5], "e" * 64)
-    merged = gather_results(tmp_path)
+    merged = gather_results(load_runs(tmp_path))
     assert sorted(sorted(r.name for r in m.learners) for m in merged) == [["a", "b"], ["c"], ["old"]]
     note = ("not comparable: results on omniglot/test were scored on 2 different copies of the test data (same "
             "classes, other pixels; content fingerprints ffffffffffff: a, b; eeeeeeeeeeee: c); python -m fewshot data "
             "check says which copy a folder holds")
-    assert different_copies(tmp_path) == [note] and note in caplog.text
-    write_results(tmp_path / "report", merged, collect_provenance(), notes=different_copies(tmp_path))  # as report
+    assert different_copies(load_runs(tmp_path)) == [note] and note in caplog.text
+    write_results(tmp_path / "report", merged, collect_provenance(),
+                  notes=different_copies(load_runs(tmp_path)))  # as the report does
     assert f"- {note}\n" in (tmp_path / "report" / "results.md").read_text()
 
 

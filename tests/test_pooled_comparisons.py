@@ -13,7 +13,7 @@ import torch
 from fewshot.evaluation import EpisodeSpec, EvaluationResult, LearnerResult, gather_results, paired_comparison
 from fewshot.evaluation.metrics import holm_adjust
 from fewshot.evaluation.report import collect_provenance, comparisons_markdown, write_json
-from fewshot.evaluation.runs import pool_same_episodes, write_results
+from fewshot.evaluation.runs import load_runs, pool_same_episodes, write_results
 
 
 def result(name: str, accuracies: list[float], *, transductive: bool = False, seed: int = 0,
@@ -78,7 +78,7 @@ def test_gather_results_pools_separate_runs_and_the_report_files_say_so(tmp_path
         (tmp_path / name).mkdir()
         write_json(tmp_path / name / "results.json", [result(name, scores)],
                    provenance={**collect_provenance(), "test_data": {"classes": ["x"], "class_sizes": [20]}})
-    merged = gather_results(tmp_path)
+    merged = gather_results(load_runs(tmp_path))
     assert len(merged) == 1 and len(merged[0].comparisons) == 1
     out = tmp_path / "report"
     out.mkdir()

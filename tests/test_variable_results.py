@@ -27,7 +27,7 @@ from fewshot.evaluation import (
     read_json,
     write_json,
 )
-from fewshot.evaluation.runs import pool_same_episodes, write_results
+from fewshot.evaluation.runs import load_runs, pool_same_episodes, write_results
 from fewshot.learners.metric.protonet import ProtoNet
 from fewshot.training.meta_train import config_differences
 
@@ -74,7 +74,7 @@ def test_variable_results_pool_only_with_the_same_distribution(tmp_path: Path) -
         (tmp_path / run).mkdir()
         write_json(tmp_path / run / "results.json", result(learner, scores, shape=shape),
                    provenance={"test_data": None})
-    gathered = gather_results(tmp_path)  # read back from results.json, as the report does
+    gathered = gather_results(load_runs(tmp_path))  # read back from results.json, as the report does
     assert [[x.name for x in r.learners] for r in gathered] == [["a", "b"], ["c"], ["d"]]
     assert gathered[0].comparisons[0].result == paired_comparison(a, b)
     kept = pool_same_episodes([("x", result("a", a)), ("x", result("b", b, shape=other))])

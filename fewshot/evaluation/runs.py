@@ -90,14 +90,8 @@ def load_runs(root: Path, *, include_eval: bool = False, skip: Path | None = Non
     return Runs(root, [(path, *read_json(path)) for path in files])
 
 
-def _runs(root: Path | Runs, include_eval: bool, skip: Path | None) -> Runs:
-    return root if isinstance(root, Runs) else load_runs(root, include_eval=include_eval, skip=skip)
-
-
-def gather_results(root: Path | Runs, *, include_eval: bool = False,
-                   skip: Path | None = None) -> list[EvaluationResult]:
-    """Every result of the runs under ``root`` (a folder, read by :func:`load_runs` with ``include_eval`` and
-    ``skip``, or runs already read), in path order. Where two runs report the same method name in the
+def gather_results(runs: Runs) -> list[EvaluationResult]:
+    """Every result of ``runs`` (:func:`load_runs`), in path order. Where two runs report the same method name in the
     same setting, each is renamed ``name [overrides]`` after its run's command-line overrides (:func:`run_label`),
     so one table holds them all (:func:`gather_by_training_data` names them for cross-domain matrices instead).
 
@@ -108,22 +102,20 @@ def gather_results(root: Path | Runs, *, include_eval: bool = False,
     two runs can be compared episode by episode. Results on different copies of the same classes are not pooled,
     and a warning names them (:func:`different_copies`).
     """
-    runs = _runs(root, include_eval, skip)
     copies = _fingerprints(runs.loaded)
-    for note in _copies(runs):
+    for note in different_copies(runs):
         log.warning("%s", note)
     renamed = _renamed(runs, clash=_same_column)
     return pool_same_episodes([(_pool_key(provenance, copies), result) for provenance, result in renamed])
 
 
-def gather_by_training_data(root: Path | Runs, *, include_eval: bool = False,
-                            skip: Path | None = None) -> list[EvaluationResult]:
+def gather_by_training_data(runs: Runs) -> list[EvaluationResult]:
     """The results :func:`gather_results` chooses, unpooled and named for cross-domain matrices
     (:func:`~fewshot.evaluation.cross_domain.cross_domain_markdown`): a method keeps its own name whatever data it
     was trained and tested on, so one method trained on two datasets gives one matrix with two rows. Only where two
     runs report one method in the same setting, trained on the same data and tested on the same data (one matrix
     cell), is each renamed ``name [overrides]`` (:func:`run_label`)."""
-    return [result for _, result in _renamed(_runs(root, include_eval, skip), clash=_same_cell)]
+    return [result for _, result in _renamed(runs, clash=_same_cell)]
 
 
 def _same_column(name: str, result: EvaluationResult) -> tuple[str, ...]:
@@ -182,7 +174,11 @@ def _pool_key(provenance: dict[str, Any], copies: dict[str, dict[str, list[Path]
     return f"{tested} {fingerprint}"
 
 
-def _copies(runs: Runs) -> list[str]:
+def different_copies(runs: Runs) -> list[str]:
+    """One line for each test set whose results in ``runs`` (:func:`load_runs`) were
+    scored on different copies of the data: the same classes and image counts, different content fingerprints
+    (:func:`episodes.fingerprint.content_fingerprint`), naming the runs of each copy. Such results are not pooled
+    and not comparable."""
     notes = []
     for tested, copies in _fingerprints(runs.loaded).items():
         if len(copies) < 2:
@@ -194,14 +190,6 @@ def _copies(runs: Runs) -> list[str]:
                      f"data (same classes, other pixels; content fingerprints {labels}); python -m fewshot data check "
                      "says which copy a folder holds")
     return notes
-
-
-def different_copies(root: Path | Runs, *, include_eval: bool = False, skip: Path | None = None) -> list[str]:
-    """One line for each test set whose results under ``root`` (chosen as :func:`gather_results` chooses them) were
-    scored on different copies of the data: the same classes and image counts, different content fingerprints
-    (:func:`episodes.fingerprint.content_fingerprint`), naming the runs of each copy. Such results are not pooled
-    and not comparable."""
-    return _copies(_runs(root, include_eval, skip))
 
 
 def pool_same_episodes(results: list[tuple[str, EvaluationResult]]) -> list[EvaluationResult]:
