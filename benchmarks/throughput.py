@@ -23,9 +23,16 @@ plain loop's FLOPs per call (counted with ``torch.utils.flop_counter`` in a sepa
 FlopCounterMode was seen to speed up later steps of the same process by 20% on CPU), against the float32 matmul
 rate measured at the start of the run.
 
+Allocator (``--allocator``): ``apps`` (the default) runs every process, each implementation's alike, with the glibc
+settings the command-line apps apply to themselves (:func:`fewshot.allocator.tune_allocator`); ``glibc`` leaves
+glibc's defaults. Under the defaults the same first-order MAML call measured 0.23-0.34 s from one fresh process to
+the next (a dynamic mmap threshold that settles differently in each process, 14-47 k page faults per call), which
+three rounds cannot average out; under the apps' settings 0.19-0.23 s, and every implementation runs faster.
+
     PYTHONPATH=. python benchmarks/throughput.py --threads 2 --learn2learn-src <built tree> [--device cuda]
 
-Writes benchmarks/results/throughput_<device>.md, .json and .png (the plot needs matplotlib).
+Writes benchmarks/results/throughput_<device>.md, .json and .png (the plot needs matplotlib);
+``throughput_<device>_glibc.*`` with ``--allocator glibc``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import peers
 
 from episodes.files import atomic_write, atomic_write_text
 from episodes.sampler import EpisodeSampler
+from fewshot.allocator import tune_allocator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("sampling", "maml", "protonet", "eval")
@@ -181,9 +189,11 @@ def child_eval(spec: dict, device: torch.device) -> dict:
 
 
 def run_child(spec: dict) -> dict:
+    allocator = tune_allocator() if spec["allocator"] == "apps" else {}
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    return {"maml": child_maml, "protonet": child_protonet, "eval": child_eval}[spec["section"]](spec, device)
+    child = {"maml": child_maml, "protonet": child_protonet, "eval": child_eval}[spec["section"]]
+    return child(spec, device) | {"allocator_set": allocator}
 
 
 def spawn(spec: dict) -> dict:
@@ -371,7 +381,7 @@ def markdown(meta: dict, lines: list[dict], rows: list[dict]) -> str:
            f"percentage of the median (peak memory: {meta['memory_kind']}). Each round measures every "
            "implementation of a cell back to back, each in a fresh process. Ratios are fewshot's median over the "
            "peer's (above 1: fewshot is faster), called parity where they are within the larger of the two "
-           "rounds' ranges.", ""]
+           "rounds' ranges.  ", allocator_line(meta, rows), ""]
     for section in SECTIONS:
         sec = [line for line in lines if line["section"] == section]
         if not sec:
@@ -409,6 +419,18 @@ def markdown(meta: dict, lines: list[dict], rows: list[dict]) -> str:
         out.append("")
     out += ["## learn2learn", "", meta["learn2learn"], ""]
     return "\n".join(out)
+
+
+def allocator_line(meta: dict, rows: list[dict]) -> str:
+    """What glibc allocator settings the processes ran with (and whether every child applied the same)."""
+    if meta["allocator"] == "glibc":
+        return "Allocator: glibc's defaults in every process (`--allocator glibc`)."
+    children = {json.dumps(r["allocator_set"], sort_keys=True) for r in rows if "allocator_set" in r}
+    same = children <= {json.dumps(meta["allocator_set"], sort_keys=True)}
+    applied = ", ".join(f"{name} {value}" for name, value in meta["allocator_set"].items())
+    return ("Allocator: every process, each implementation's alike, with the command-line apps' glibc settings "
+            f"(`fewshot.allocator.tune_allocator`), applied: {applied or 'nothing (set by the user or not glibc)'}"
+            + ("" if same else f"; children differed: {sorted(children)}") + ".")
 
 
 def _flops_table(sec: list[dict], meta: dict) -> list[str]:
@@ -476,6 +498,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every measurement, for the spread")
     parser.add_argument("--learn2learn-src", type=Path, default=None,
                         help="a learn2learn 0.2.0 source tree built in place (see peers.LEARN2LEARN_BUILD)")
+    parser.add_argument("--allocator", default="apps", choices=("apps", "glibc"),
+                        help="apps: every process with the apps' glibc settings (fewshot.allocator); glibc: defaults")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -487,9 +511,11 @@ def main() -> None:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")
+    allocator = tune_allocator() if args.allocator == "apps" else {}  # before anything is allocated
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    meta = {"command": "PYTHONPATH=. python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+    meta = {"allocator": args.allocator, "allocator_set": allocator,
+            "command": "PYTHONPATH=. python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
             "torch": torch.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
             "threads": args.threads, "device": args.device, "repeats": args.repeats,
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.machine()})",
@@ -497,7 +523,8 @@ def main() -> None:
             "peak RSS during the calls above the RSS before them",
             "load_average_at_start": os.getloadavg()[0], "matmul_peak_flops": matmul_peak(device),
             "eval": EVAL, "learn2learn": peers.LEARN2LEARN_BUILD}
-    base = {"device": args.device, "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
+    base = {"allocator": args.allocator, "device": args.device, "threads": args.threads,
+            "seconds": args.seconds, "repeats": args.repeats,
             "learn2learn_src": str(args.learn2learn_src) if args.learn2learn_src else None}
     rows: list[dict] = []
     for section in sections:
@@ -508,7 +535,7 @@ def main() -> None:
     meta["load_average_at_end"] = os.getloadavg()[0]
     lines = summarise(rows)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"throughput_{args.device}"
+    stem = args.out_dir / f"throughput_{args.device}{'_glibc' if args.allocator == 'glibc' else ''}"
     atomic_write_text(stem.with_suffix(".json"),
                       json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=2) + "\n")
     atomic_write_text(stem.with_suffix(".md"), markdown(meta, lines, rows) + (
