@@ -1,10 +1,10 @@
 """Command-line apps (Hydra): ``fewshot-train``, ``fewshot-eval``, ``fewshot-pretrain`` and ``fewshot-report``.
 
-The commands of the app layer (with :mod:`fewshot.hydra_app`: entry points, error guard, run folders), and only
-wiring: instantiate the ``_target_`` s (dataset loader, backbone, learner, trainer), turn the rest into typed values
-and call the library. Every run writes to its own directory (``runs/<name>/<time>/`` by default): the composed
-config (``config.yaml`` resolved, ``.hydra/``), the log, ``metrics.csv``, ``checkpoints/`` and the test results
-(``results.{json,csv,md}``, plots).
+The commands of the app layer (with :mod:`fewshot.hydra_app`: entry points, error guard, run folders; and
+:mod:`fewshot.app_config`: config nodes to the library's objects), and only wiring: instantiate the ``_target_`` s
+(dataset loader, backbone, learner, trainer), turn the rest into typed values and call the library. Every run
+writes to its own directory (``runs/<name>/<time>/`` by default): the composed config (``config.yaml`` resolved,
+``.hydra/``), the log, ``metrics.csv``, ``checkpoints/`` and the test results (``results.{json,csv,md}``, plots).
 """
 
 from __future__ import annotations
@@ -22,10 +22,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from episodes import FewShotDataset
-from episodes.episode_file import EpisodesFile, read_episodes_file
+from episodes.episode_file import EpisodesFile
 from episodes.files import atomic_write_text
-from episodes.variable import VariableShape
-from fewshot.backbones import load_pretrained, normalise_for, save_backbone
+from fewshot.app_config import (
+    VARIABLE_ACCURACY_TAG,
+    accuracy_tag,
+    build_learner,
+    device_of,
+    episodes_file_of,
+    load_split,
+    open_tensorboard,
+    tensorboard_wanted,
+    variable_shape_of,
+)
+from fewshot.backbones import save_backbone
 from fewshot.evaluation import (
     EvaluationResult,
     check_same_test_data,
@@ -50,78 +60,16 @@ from fewshot.training import EpisodeShape, Run, SupervisedPretrainer, Trainer, T
 from fewshot.training.checkpoint import load_checkpoint, load_state_exactly
 from fewshot.training.distributed import DistributedContext, RankShards
 from fewshot.training.meta_train import write_rows_csv
-from fewshot.training.tensorboard import HPARAM_METRICS, TensorBoardLog, tensorboard_available
+from fewshot.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger("fewshot")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={name} is not supported; use device=auto, cpu, cuda or cuda:<index>")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} asked for, but torch sees no CUDA GPU; use device=cpu or device=auto")
-    return device
-
-
-def _load(data: DictConfig, role: str) -> FewShotDataset | None:
-    """The class split ``data.splits[role]`` (train/val/test) of a dataset config, or None where it is null."""
-    split = data.splits[role]
-    return None if split is None else hydra.utils.instantiate(data.loader, split=split)
-
-
-def _build_learner(cfg: DictConfig, device: torch.device, *datasets: FewShotDataset | None,
-                   ) -> tuple[Learner, list[FewShotDataset | None]]:
-    """The seeded learner of ``cfg``, and ``datasets`` fed the way its backbone's pretrained weights (if any: loaded
-    from ``backbone_weights``, or the timm/torchvision model's own) were trained (their ``spec``: normalisation,
-    channels, size)."""
-    torch.manual_seed(cfg.seed)  # the initial weights are part of the seeded run
-    backbone = hydra.utils.instantiate(cfg.backbone)
-    if cfg.backbone_weights is not None:
-        log.info("backbone weights: %s", load_pretrained(backbone, Path(hydra.utils.to_absolute_path(
-            cfg.backbone_weights))))
-    if cfg.backbone_weights is not None or getattr(backbone, "pretrained", False):
-        datasets = tuple(None if d is None else normalise_for(d, backbone.spec) for d in datasets)
-    return hydra.utils.instantiate(cfg.learner, backbone=backbone).to(device), list(datasets)
-
-
-def _episodes_file(cfg: DictConfig, test_set: FewShotDataset) -> EpisodesFile | None:
-    """The episodes file of ``evaluation.episodes_file`` (None when unset), checked against ``test_set`` and the
-    evaluation settings, so that a file that would fail is refused before anything runs."""
-    e = cfg.evaluation
-    path = e.get("episodes_file")
-    if path is None:
-        return None
-    if not isinstance(path, str):
-        raise TypeError(f"evaluation.episodes_file={path!r}: expected the path of an episodes file, or null")
-    episodes = read_episodes_file(hydra.utils.to_absolute_path(path))
-    episodes.check_dataset(test_set)
-    episodes.select([(int(w), int(k)) for w, k in e.settings], n_query=e.n_query, episodes=e.episodes)
-    return episodes
-
-
-def _variable_shape(cfg: DictConfig) -> VariableShape | None:
-    """The variable-episode distribution of ``evaluation.variable`` (``evaluation=meta_dataset``), or None."""
-    node = cfg.evaluation.get("variable")
-    if node is None:
-        return None
-    shape = hydra.utils.instantiate(node)
-    if not isinstance(shape, VariableShape):
-        raise TypeError(f"evaluation.variable must build an episodes.variable.VariableShape (or be null), got a "
-                        f"{type(shape).__name__}")
-    return shape
 
 
 def _check_tests(learner: Learner, cfg: DictConfig, test_set: FewShotDataset) -> None:
     """Refuse a test that would fail, before a training or a re-test writes anything: every (n_way, n_shot)
     setting of ``cfg.evaluation`` and its variable episodes (a learner that cannot score them is named)."""
     e = cfg.evaluation
-    shape = _variable_shape(cfg)
+    shape = variable_shape_of(cfg)
     if e.settings or shape is None:
         check_settings({cfg.name: learner}, test_set, settings=[(int(w), int(k)) for w, k in e.settings],
                        n_query=e.n_query, episodes=e.episodes, batch_size=e.batch_size)
@@ -141,42 +89,12 @@ def _evaluate(learner: Learner, cfg: DictConfig, test_set: FewShotDataset, devic
                                 n_query=e.n_query, episodes=e.episodes, seed=e.seed, batch_size=e.batch_size,
                                 device=device, progress=cfg.progress and ctx is None, train_dataset=train_name,
                                 shards=shards, episodes_file=episodes_file) if e.settings else []
-    shape = _variable_shape(cfg)
+    shape = variable_shape_of(cfg)
     if shape is not None:
         results.append(evaluate_variable({cfg.name: learner}, test_set, shape=shape, episodes=e.episodes, seed=e.seed,
                                          device=device, progress=cfg.progress and ctx is None,
                                          train_dataset=train_name, shards=shards))
     return results
-
-
-def _tensorboard(cfg: DictConfig) -> bool:
-    """Whether a run writes TensorBoard event files (``logging.tensorboard``: auto = where tensorboard is
-    installed, true, false); true without the package is refused."""
-    mode = cfg.logging.tensorboard
-    if mode is True and not tensorboard_available():
-        raise ValueError("logging.tensorboard=true but the tensorboard package is not installed: pip install "
-                         "'fewshot[tensorboard]', or set logging.tensorboard=auto (on where it is installed)")
-    return mode is True or (mode == "auto" and tensorboard_available())
-
-
-def _test_tag(n_way: int, n_shot: int) -> str:
-    """The TensorBoard scalar (part ``test``) of a setting's test accuracy."""
-    return f"accuracy_{n_way}way_{n_shot}shot"
-
-
-#: The TensorBoard scalar (part ``test``) of the test accuracy on the variable episodes of ``evaluation.variable``.
-_VARIABLE_TAG = "accuracy_variable"
-
-
-def _open_tensorboard(cfg: DictConfig, run: Run) -> TensorBoardLog | None:
-    """The run's TensorBoard log (in the writing process, where ``logging.tensorboard`` asks for it), its HParams
-    tab showing the training metrics and every test setting's accuracy."""
-    if not (run.writer and run.run_dir is not None and _tensorboard(cfg)):
-        return None
-    settings = cfg.get("evaluation", {}).get("settings", [])
-    tests = [f"test/{_test_tag(int(w), int(k))}" for w, k in settings]
-    tests += [f"test/{_VARIABLE_TAG}"] if cfg.get("evaluation", {}).get("variable") is not None else []
-    return TensorBoardLog(log_dir=run.run_dir, hparams=run.config, metrics=[*HPARAM_METRICS, *tests])
 
 
 def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, device: torch.device,
@@ -191,8 +109,8 @@ def _report(out_dir: Path, results: list[EvaluationResult], cfg: DictConfig, dev
     if history:
         plot_learning_curve(out_dir / "learning_curve.png", history)
     if tensorboard is not None:
-        tensorboard.write_scalars("test", {_test_tag(r.spec.n_way, r.spec.n_shot) if r.spec.variable is None
-                                           else _VARIABLE_TAG: x.mean for r in results for x in r.learners})
+        tensorboard.write_scalars("test", {accuracy_tag(r.spec.n_way, r.spec.n_shot) if r.spec.variable is None
+                                           else VARIABLE_ACCURACY_TAG: x.mean for r in results for x in r.learners})
         tensorboard.write_images("plots", sorted(out_dir.glob("*.png")))
     log.info("results (%% accuracy, 95%% CI over %d episodes) in %s:\n%s", cfg.evaluation.episodes, out_dir,
              markdown_table(results))
@@ -203,7 +121,7 @@ def train(cfg: DictConfig) -> None:
     With ``trainer.distributed=true`` under torchrun or srun, every process runs this; rank 0 writes the files."""
     if cfg.get("ledger") is not None:
         ledger_entry(cfg.ledger)  # an unknown id is refused before anything runs
-    _tensorboard(cfg)  # logging.tensorboard=true without the package is refused before anything runs
+    tensorboard_wanted(cfg)  # logging.tensorboard=true without the package is refused before anything runs
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     in_processes(trainer.distributed, functools.partial(_train, cfg, trainer))
 
@@ -213,27 +131,27 @@ def _train(cfg: DictConfig, trainer: Trainer, ctx: DistributedContext | None) ->
     with output_dir() if writer else nullcontext(Path(HydraConfig.get().runtime.output_dir)) as run_dir:
         config = OmegaConf.to_container(cfg, resolve=True)
         check_resume(run_dir, config)  # refuse before anything in the run directory is written
-        run = Run(run_dir, config, cfg.seed, ctx.device if ctx is not None else _device(cfg.device), cfg.progress,
+        run = Run(run_dir, config, cfg.seed, ctx.device if ctx is not None else device_of(cfg.device), cfg.progress,
                   ctx, backbone_pretrained=cfg.backbone_weights is not None)
         _train_in(cfg, trainer, run)
 
 
 def _train_in(cfg: DictConfig, trainer: Trainer, run: Run) -> None:
-    train_set, val_set, test_set = (_load(cfg.dataset, role) for role in ("train", "val", "test"))
+    train_set, val_set, test_set = (load_split(cfg.dataset, role) for role in ("train", "val", "test"))
     if train_set is None or test_set is None:
         raise ValueError("dataset.splits.train and dataset.splits.test must name class splits")
-    learner, (train_set, val_set, test_set) = _build_learner(cfg, run.device, train_set, val_set, test_set)
+    learner, (train_set, val_set, test_set) = build_learner(cfg, run.device, train_set, val_set, test_set)
     ep = cfg.episode
     data = TrainingData(train=train_set, train_episode=EpisodeShape(ep.train_n_way, ep.train_n_shot, ep.train_n_query),
                         val=val_set, val_episode=EpisodeShape(ep.n_way, ep.n_shot, ep.n_query),
                         val_seed=cfg.evaluation.seed + 1, eval_batch_size=cfg.evaluation.batch_size)
     _check_tests(learner, cfg, test_set)  # a test that would fail is refused before the training, not after it
-    episodes_file = _episodes_file(cfg, test_set)
+    episodes_file = episodes_file_of(cfg, test_set)
     learner.check_ways(data.train_episode.n_way)
     if run.writer:  # every check passed (the data, the weights, the tests): the run folder is written from here on
         record(cfg, run.run_dir)
         OmegaConf.save(cfg, run.run_dir / "config.yaml", resolve=True)  # what fewshot-eval reads back
-    tensorboard = _open_tensorboard(cfg, run)
+    tensorboard = open_tensorboard(cfg, run)
     with tensorboard or nullcontext():
         history = trainer.fit(learner, data, dataclasses.replace(run, tensorboard=tensorboard))
         results = _evaluate(learner, cfg, test_set, run.device, train_set.name, run.ctx, episodes_file)
@@ -268,17 +186,17 @@ def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
         if value is not None:
             train_cfg.evaluation[key] = value
     train_cfg.progress = cfg.progress
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     ckpt = run / "checkpoints" / f"{cfg.checkpoint}.ckpt"
     if not ckpt.is_file():
         ckpt = run / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run} has no checkpoints/last.ckpt: the training run did not finish; rerun it")
-    test_set = _load(cfg.get("test_dataset") or train_cfg.dataset, "test")
+    test_set = load_split(cfg.get("test_dataset") or train_cfg.dataset, "test")
     if test_set is None:
         raise ValueError("test_dataset.splits.test is null: name the class split to test on")
-    train_set = _load(train_cfg.dataset, "train")
-    learner, (test_set,) = _build_learner(train_cfg, device, test_set)
+    train_set = load_split(train_cfg.dataset, "train")
+    learner, (test_set,) = build_learner(train_cfg, device, test_set)
     load_state_exactly(learner, load_checkpoint(ckpt)["learner"], source=ckpt,
                        hint=f"the learner is built from {run}/config.yaml: pass the run directory that wrote it")
     check_test_set(test_set, channels=int(train_cfg.dataset.channels),
@@ -286,7 +204,7 @@ def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
     if not cfg.get("test_dataset") and (run / "results.json").is_file():
         check_same_test_data(run / "results.json", test_set)
     _check_tests(learner, train_cfg, test_set)
-    episodes_file = _episodes_file(train_cfg, test_set)
+    episodes_file = episodes_file_of(train_cfg, test_set)
     record(cfg, out_dir)
     _report(out_dir, _evaluate(learner, train_cfg, test_set, device, train_set.name, episodes_file=episodes_file),
             train_cfg, device, test_set)
@@ -294,7 +212,7 @@ def _evaluate_run(cfg: DictConfig, out_dir: Path) -> None:
 
 def pretrain(cfg: DictConfig) -> None:
     """Supervised pretraining of a backbone on all base classes; see ``configs/pretrain.yaml``."""
-    _tensorboard(cfg)  # logging.tensorboard=true without the package is refused before anything runs
+    tensorboard_wanted(cfg)  # logging.tensorboard=true without the package is refused before anything runs
     trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all")
     if not isinstance(trainer, SupervisedPretrainer):
         raise TypeError(f"fewshot-pretrain needs a supervised trainer (trainer=pretrain), not {type(trainer).__name__}")
@@ -305,12 +223,12 @@ def _pretrain(cfg: DictConfig, trainer: SupervisedPretrainer, ctx: DistributedCo
     writer = ctx is None or ctx.is_main
     with output_dir() if writer else nullcontext(Path(HydraConfig.get().runtime.output_dir)) as out_dir:
         _pretrain_in(cfg, trainer, Run(out_dir, OmegaConf.to_container(cfg, resolve=True), cfg.seed,
-                                       ctx.device if ctx is not None else _device(cfg.device), cfg.progress, ctx))
+                                       ctx.device if ctx is not None else device_of(cfg.device), cfg.progress, ctx))
 
 
 def _pretrain_in(cfg: DictConfig, trainer: SupervisedPretrainer, run: Run) -> None:
     out_dir = run.run_dir
-    train_set = _load(cfg.dataset, "train")
+    train_set = load_split(cfg.dataset, "train")
     torch.manual_seed(cfg.seed)
     backbone = hydra.utils.instantiate(cfg.backbone).to(run.device)
     if run.writer:
@@ -320,7 +238,7 @@ def _pretrain_in(cfg: DictConfig, trainer: SupervisedPretrainer, run: Run) -> No
         return
     write_rows_csv(out_dir / "metrics.csv", history)
     plot = plot_learning_curve(out_dir / "learning_curve.png", history)
-    with _open_tensorboard(cfg, run) or nullcontext() as tensorboard:
+    with open_tensorboard(cfg, run) or nullcontext() as tensorboard:
         if tensorboard is not None:
             tensorboard.write_rows("pretrain", history)
             tensorboard.write_images("plots", [plot] if plot is not None else [])

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
 
-from fewshot.backbones import Backbone, NoFeatureMapsError, create_backbone
+from fewshot.backbones import Backbone, NoFeatureMapsError, TimmBackbone, TorchvisionBackbone, create_backbone
 from fewshot.backbones.spec import as_size
+from fewshot.learners.gradient.functional import NormPolicy, batch_stat_overrides
 
 BACKBONE_CONFIGS = Path(__file__).resolve().parent.parent / "fewshot" / "configs" / "backbone"
 BATCH = 3
@@ -212,3 +216,49 @@ def test_a_class_can_derive_from_a_backbone_and_an_abc_module(case: tuple[Backbo
     backbone, _ = case
     patched = type("MonkeyPatched", (type(backbone), PatchBase), {})
     assert issubclass(patched, Backbone) and issubclass(patched, PatchBase)
+
+
+class _BatchNormCalls(TorchFunctionMode):
+    """Counts ``F.batch_norm`` calls, and those made inside the forward of a stock torch batch-norm layer."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.calls, self.inside_stock, self.depth = 0, 0, 0
+        stock = [m for m in backbone.modules()
+                 if isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward]
+        self.handles = [h for m in stock for h in (
+            m.register_forward_pre_hook(lambda *_: setattr(self, "depth", self.depth + 1)),
+            m.register_forward_hook(lambda *_: setattr(self, "depth", self.depth - 1)))]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.batch_norm:
+            self.calls += 1
+            self.inside_stock += self.depth > 0
+        return func(*args, **(kwargs or {}))
+
+
+def test_batch_norm_runs_through_stock_layers_only_and_needs_no_mode(case: tuple[Backbone, torch.Tensor]) -> None:
+    """MAML's task-by-task loop skips NormPolicy's torch-function mode where batch_stat_overrides vouches for a
+    backbone: every class from torch.nn or fewshot.backbones. So a fewshot backbone may call batch norm only through
+    stock torch layers (never F.batch_norm itself), and then the mode-free forward equals the policy's exactly."""
+    backbone, x = case
+    overrides = batch_stat_overrides(backbone)
+    if not isinstance(backbone, (TimmBackbone, TorchvisionBackbone)):  # fewshot's own
+        counter = _BatchNormCalls(backbone)
+        try:
+            with counter, torch.no_grad():
+                backbone.eval()(x)
+        finally:
+            for handle in counter.handles:
+                handle.remove()
+        assert counter.calls == counter.inside_stock >= any(isinstance(m, _BatchNorm) for m in backbone.modules())
+        assert overrides is not None
+    if overrides is None:  # timm/torchvision classes: the policy's mode is kept
+        return
+    backbone.eval()
+    with torch.no_grad(), NormPolicy(stats="batch", primitives=False):
+        expected = backbone(x)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with torch.no_grad():
+        assert torch.equal(torch.func.functional_call(backbone, overrides, (x,)), expected)
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())

@@ -9,7 +9,8 @@ from torch import nn
 
 from episodes import EpisodeBatch, FewShotDataset
 from episodes.sampler import EpisodeSampler
-from fewshot.evaluation import EvaluationResult, evaluate, evaluate_settings, paired_comparison
+from episodes.variable import VariableShape
+from fewshot.evaluation import EvaluationResult, evaluate, evaluate_settings, evaluate_variable, paired_comparison
 from fewshot.evaluation.frame import default_embed_chunk
 from fewshot.learners.base import EmbeddingLearner, Learner
 
@@ -226,6 +227,12 @@ def test_bad_input_raises_clear_errors() -> None:
         run({"proto": ToyProto().to("meta")})
     with pytest.raises(ValueError, match="batch_size"):
         run({"zero": Recorder()}, batch_size=0)
+    for chunk in (0, True, 2.5):  # the fixed-shape and the variable harness refuse a bad chunk alike
+        with pytest.raises(ValueError, match="embed_chunk must be an integer >= 1"):
+            run({"zero": Recorder()}, embed_chunk=chunk)
+        with pytest.raises(ValueError, match="embed_chunk must be an integer >= 1"):
+            evaluate_variable({"zero": Recorder()}, toy_dataset(), shape=VariableShape(min_way=2, max_way=3),
+                              episodes=2, embed_chunk=chunk, progress=False)
 
 
 def test_library_embedding_learners_embed_once_is_exact() -> None:

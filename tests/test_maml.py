@@ -7,6 +7,7 @@ import functools
 import pytest
 import synthetic
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch
@@ -161,3 +162,47 @@ def test_learns_a_synthetic_task(kwargs: dict) -> None:
         learner.meta_train_step(template_batch(4, seed=step))
     accuracy = (learner.predict(test).argmax(-1) == test.query_y).float().mean().item()
     assert accuracy > 0.6 and accuracy > start + 0.1, (start, accuracy)
+
+
+class _OwnBatchNorm(nn.BatchNorm2d):
+    """A batch-norm layer with its own forward (as timm's BatchNormAct2d): it reads running statistics in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training)
+
+
+def test_batch_stat_overrides_vouch_for_stock_layers_only() -> None:
+    from fewshot.backbones import Conv4
+    from fewshot.learners.gradient.functional import batch_stat_overrides
+
+    conv4 = batch_stat_overrides(Conv4())
+    assert conv4 is not None and len(conv4) == 8 and set(conv4.values()) == {None}
+    assert all(k.endswith((".running_mean", ".running_var")) for k in conv4)
+    stock = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.BatchNorm2d(2))
+    assert batch_stat_overrides(stock) == {"2.running_mean": None, "2.running_var": None}
+    assert batch_stat_overrides(nn.BatchNorm1d(3)) == {"running_mean": None, "running_var": None}
+    for unknown in (TinyNet(), nn.Sequential(_OwnBatchNorm(2)), nn.Sequential(nn.SyncBatchNorm(2))):
+        assert batch_stat_overrides(unknown) is None  # a class that may call F.batch_norm itself: the mode stays
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"first_order": True, "inner_steps": 2}, {"inner_params": "head"}])
+def test_the_mode_free_path_equals_the_policy_exactly(kwargs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stock backbone (Conv4) runs task by task without NormPolicy's mode: loss, logits, meta-gradient and
+    predictions are bit for bit those of the mode, and the running statistics stay untouched."""
+    import fewshot.learners.gradient.maml as maml_module
+    from fewshot.backbones import Conv4
+
+    batch = template_batch(3, seed=6)
+    runs = []
+    for mode_free in (True, False):
+        if not mode_free:
+            monkeypatch.setattr(maml_module, "batch_stat_overrides", lambda module: None)
+        torch.manual_seed(0)
+        learner = MAML(Conv4(hidden=8, input_size=8, pooled_blocks=3), n_way=5, batched=False, **kwargs)
+        before = snapshot(learner)
+        loss, logits = learner.meta_backward(batch)
+        runs.append((loss, logits, [p.grad for p in learner.parameters()], learner.predict(batch)))
+        assert all(torch.equal(v, before[k]) for k, v in snapshot(learner).items())
+    (loss, logits, grads, predicted), (loss_m, logits_m, grads_m, predicted_m) = runs
+    assert torch.equal(loss, loss_m) and torch.equal(logits, logits_m) and torch.equal(predicted, predicted_m)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_m, strict=True))

@@ -106,7 +106,7 @@ def test_mean_ci95_uses_sample_std_and_matches_convention_for_many_episodes() ->
 
 def test_mean_ci95_constant_values_and_errors() -> None:
     assert mean_ci95([0.8, 0.8, 0.8]) == (pytest.approx(0.8), 0.0)
-    with pytest.raises(ValueError, match="at least 2 values"):
+    with pytest.raises(ValueError, match="at least 2 value"):
         mean_ci95([0.5])
     with pytest.raises(ValueError, match="NaN or infinite"):
         mean_ci95([0.5, float("nan")])
@@ -263,7 +263,7 @@ def test_wilcoxon_treats_rounded_equal_accuracy_differences_as_ties() -> None:
 
 
 def test_wilcoxon_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="at least one difference"):
+    with pytest.raises(ValueError, match="at least 1 value"):
         wilcoxon_p_value([])
     with pytest.raises(ValueError, match="NaN or infinite"):
         wilcoxon_p_value([0.1, float("nan")])
@@ -325,7 +325,7 @@ def test_bootstrap_ci_agrees_with_the_t_interval_for_many_episodes() -> None:
 
 def test_bootstrap_ci_constant_values_and_errors() -> None:
     assert bootstrap_ci([0.8, 0.8, 0.8], resamples=100, seed=0) == (0.8, 0.8)
-    with pytest.raises(ValueError, match="at least 2 values"):
+    with pytest.raises(ValueError, match="at least 2 value"):
         bootstrap_ci([0.5], resamples=100, seed=0)
     with pytest.raises(ValueError, match="NaN or infinite"):
         bootstrap_ci([0.5, float("inf")], resamples=100, seed=0)

@@ -15,7 +15,7 @@ from test_cli import TINY, dataset_args, fewshot, folders  # noqa: F401 (fixture
 from test_meta_train import CONFIG, SETTINGS, Crash, crash_at, learner, sampler, validate
 from test_trainers import DATA, PRETRAIN, _episodic, _learner, _run
 
-from fewshot import cli
+from fewshot import app_config
 from fewshot.training import PretrainThenEpisodic, SupervisedPretrainer
 from fewshot.training.meta_train import config_differences, meta_train
 from fewshot.training.tensorboard import TensorBoardLog, flatten
@@ -128,12 +128,12 @@ def test_the_logging_switch_keeps_a_run_resumable() -> None:
 @pytest.mark.parametrize(("mode", "installed", "writes"), [
     ("auto", True, True), ("auto", False, False), (True, True, True), (False, True, False)])
 def test_the_switch(monkeypatch: pytest.MonkeyPatch, mode: object, installed: bool, writes: bool) -> None:
-    monkeypatch.setattr(cli, "tensorboard_available", lambda: installed)
-    assert cli._tensorboard(OmegaConf.create({"logging": {"tensorboard": mode}})) is writes
+    monkeypatch.setattr(app_config, "tensorboard_available", lambda: installed)
+    assert app_config.tensorboard_wanted(OmegaConf.create({"logging": {"tensorboard": mode}})) is writes
 
 
 def test_true_without_the_package_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(app_config, "tensorboard_available", lambda: False)
     with pytest.raises(ValueError, match=r"logging.tensorboard=true but the tensorboard package is not installed.*"
                                          r"fewshot\[tensorboard\]"):
-        cli._tensorboard(OmegaConf.create({"logging": {"tensorboard": True}}))
+        app_config.tensorboard_wanted(OmegaConf.create({"logging": {"tensorboard": True}}))

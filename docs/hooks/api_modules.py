@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"^<!-- api-modules: ([\w.]+) -->$", flags=re.M)
 # The command-line layer, documented on the command-line page rather than as an API.
-APP_LAYER = frozenset({"fewshot", "fewshot.allocator", "fewshot.cli", "fewshot.config_types", "fewshot.configs",
+APP_LAYER = frozenset({"fewshot", "fewshot.allocator", "fewshot.app_config", "fewshot.cli", "fewshot.config_types", "fewshot.configs",
                        "fewshot.data_cli", "fewshot.hydra_app"})
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from fewshot.evaluation.metrics import ArrayLike, _as_vector, mean_ci95
+from fewshot.evaluation.metrics import ArrayLike, as_vector, mean_ci95
 
 __all__ = ["SeedEpisodeCI", "bootstrap_ci", "seed_and_episode_ci", "two_level_bootstrap_means"]
 
@@ -49,10 +49,8 @@ def bootstrap_ci(values: ArrayLike, *, resamples: int, seed: int, level: float =
     Returns:
         (low, high) as Python floats, in the units of ``values``.
     """
-    x = _as_vector(values, "values")
+    x = as_vector(values, "values", at_least=2, needed_by="a bootstrap interval")
     n = len(x)
-    if n < 2:
-        raise ValueError(f"a bootstrap interval needs at least 2 values, got {n}; evaluate more episodes")
     _check_resampling(resamples, seed, level)
     if bool((x == x[0]).all()):
         return float(x[0]), float(x[0])

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from fewshot.learners.base import EmbeddingLearner, Learner
 
-__all__ = ["ScoringFrame", "default_embed_chunk"]
+__all__ = ["ScoringFrame", "default_embed_chunk", "resolve_embed_chunk"]
 
 
 def default_embed_chunk(device: torch.device) -> int:
@@ -22,6 +22,15 @@ def default_embed_chunk(device: torch.device) -> int:
     project's CPU a Conv4 embedded Omniglot images 2.2-2.6x faster per image in chunks of 128 than of 1024, whose
     activations outgrow the caches (``benchmarks/results/embed_chunk.md``); an accelerator wants large chunks."""
     return 128 if device.type == "cpu" else 1024
+
+
+def resolve_embed_chunk(embed_chunk: int | None, device: torch.device) -> int:
+    """The images per embedding forward pass of a harness call: ``embed_chunk``, or :func:`default_embed_chunk` of
+    ``device`` where it is None. Raises ``ValueError`` unless the result is an integer >= 1."""
+    chunk = default_embed_chunk(device) if embed_chunk is None else embed_chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"embed_chunk must be an integer >= 1 (or None for the device's default), got {chunk!r}")
+    return chunk
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from episodes import FewShotDataset
 from episodes.episode_file import EpisodesFile, FixedEpisodes
 from episodes.sampler import EpisodeSampler
-from fewshot.evaluation.frame import ScoringFrame, default_embed_chunk
+from fewshot.evaluation.frame import ScoringFrame, resolve_embed_chunk
 from fewshot.evaluation.metrics import mean_ci95, paired_comparison
 from fewshot.evaluation.results import Comparison, EpisodeSpec, EvaluationResult, LearnerResult
 from fewshot.learners.base import EmbeddingLearner, Learner
@@ -170,9 +170,8 @@ def evaluate_settings(
     """
     device = torch.device(device)
     frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
-    embed_chunk = default_embed_chunk(device) if embed_chunk is None else embed_chunk
-    check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size,
-                   embed_chunk=embed_chunk)
+    embed_chunk = resolve_embed_chunk(embed_chunk, device)
+    check_settings(learners, dataset, settings=settings, n_query=n_query, episodes=episodes, batch_size=batch_size)
     shards = shards or OneProcess()
     data = dataset.to(device)
     if episodes_file is None:
@@ -220,7 +219,7 @@ def evaluate_settings(
 
 
 def check_settings(learners: Mapping[str, Learner], dataset: FewShotDataset, *, settings: Sequence[tuple[int, int]],
-                   n_query: int, episodes: int, batch_size: int = 32, embed_chunk: int = 1024) -> None:
+                   n_query: int, episodes: int, batch_size: int = 32) -> None:
     """Raise ``ValueError`` if :func:`evaluate_settings` with these arguments would fail: no settings, fewer than 2
     episodes, an episode shape ``dataset`` cannot supply, or a number of ways a learner cannot score
     (:meth:`Learner.check_ways`). Call it before training to refuse a run whose test would fail after it."""
@@ -228,8 +227,8 @@ def check_settings(learners: Mapping[str, Learner], dataset: FewShotDataset, *, 
         raise ValueError("settings must list at least one (n_way, n_shot) pair, e.g. [(5, 1)]")
     if episodes < 2:
         raise ValueError(f"episodes must be >= 2 for a confidence interval, got {episodes}")
-    if batch_size < 1 or embed_chunk < 1:
-        raise ValueError(f"batch_size and embed_chunk must be >= 1, got {batch_size} and {embed_chunk}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for n_way, n_shot in settings:
         EpisodeSampler(dataset, n_way=n_way, n_shot=n_shot, n_query=n_query, seed=0, num_episodes=episodes)
         for learner in learners.values():

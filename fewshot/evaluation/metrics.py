@@ -24,12 +24,17 @@ _TIE_TOLERANCE = 1e-9  # |differences| this close (relative to the largest, at l
 ArrayLike = Sequence[float] | torch.Tensor | np.ndarray
 
 
-def _as_vector(values: ArrayLike, what: str) -> torch.Tensor:
+def as_vector(values: ArrayLike, what: str, *, at_least: int = 0, needed_by: str = "") -> torch.Tensor:
+    """``values`` as a (n,) float64 CPU tensor, refused (``ValueError`` naming ``what``) unless 1-D, finite and of
+    at least ``at_least`` entries (the message says that ``needed_by`` needs them)."""
     x = torch.as_tensor(values, dtype=torch.float64).cpu()
     if x.ndim != 1:
         raise ValueError(f"{what} must be a 1-D sequence of numbers, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} contains NaN or infinite values; check the per-episode scores")
+    if len(x) < at_least:
+        raise ValueError(f"{needed_by} needs at least {at_least} value(s) in {what}, got {len(x)}; "
+                         "evaluate more episodes")
     return x
 
 
@@ -96,10 +101,8 @@ def mean_ci95(values: ArrayLike) -> tuple[float, float]:
     Returns:
         (mean, half_width) as Python floats, in the units of ``values``.
     """
-    x = _as_vector(values, "values")
+    x = as_vector(values, "values", at_least=2, needed_by="a confidence interval")
     n = len(x)
-    if n < 2:
-        raise ValueError(f"a confidence interval needs at least 2 values, got {n}; evaluate more episodes")
     return float(x.mean()), student_t_ppf(0.975, n - 1) * _sample_std(x) / math.sqrt(n)
 
 
@@ -152,10 +155,8 @@ def sign_flip_p_value(differences: ArrayLike, *, permutations: int, seed: int) -
     Returns:
         (p_value, number of sign patterns used).
     """
-    d = _as_vector(differences, "differences")
+    d = as_vector(differences, "differences", at_least=1, needed_by="the sign-flip test")
     n = len(d)
-    if n == 0:
-        raise ValueError("sign-flip test needs at least one difference")
     observed = abs(float(d.sum()))
     tolerance = 1e-9 * max(1.0, float(d.abs().sum()))  # sums in another order must still count as ties
     if n <= _EXACT_SIGN_FLIP_MAX_N:
@@ -212,9 +213,7 @@ def wilcoxon_p_value(differences: ArrayLike) -> float:
     Returns:
         The p-value in [0, 1], a Python float.
     """
-    d = _as_vector(differences, "differences")
-    if len(d) == 0:
-        raise ValueError("the Wilcoxon signed-rank test needs at least one difference, got none")
+    d = as_vector(differences, "differences", at_least=1, needed_by="the Wilcoxon signed-rank test")
     snapped = _snap_ties(d.numpy())
     if not snapped.any():
         return 1.0
@@ -236,7 +235,7 @@ def paired_comparison(a: ArrayLike, b: ArrayLike, *, permutations: int = 0, seed
         seed: seed of the random sign patterns.
         wilcoxon: also compute the Wilcoxon signed-rank p-value (:func:`wilcoxon_p_value`); False leaves None.
     """
-    x, y = _as_vector(a, "a"), _as_vector(b, "b")
+    x, y = as_vector(a, "a"), as_vector(b, "b")
     if x.shape != y.shape:
         raise ValueError(f"paired scores need the same episodes: got {len(x)} and {len(y)} values")
     if permutations < 0:

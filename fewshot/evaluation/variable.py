@@ -15,7 +15,7 @@ import torch
 
 from episodes import FewShotDataset
 from episodes.variable import VariableEpisodeSampler, VariableShape
-from fewshot.evaluation.frame import ScoringFrame, default_embed_chunk
+from fewshot.evaluation.frame import ScoringFrame, resolve_embed_chunk
 from fewshot.evaluation.harness import OneProcess, Shards, _accuracy, _embed_rows, _result
 from fewshot.evaluation.results import EpisodeSpec, EvaluationResult
 from fewshot.learners.base import Learner
@@ -91,10 +91,8 @@ def evaluate_variable(
     device = torch.device(device)
     shape = VariableShape() if shape is None else shape
     frame = ScoringFrame(learners, device=device, embed_once=embed_once, permutations=permutations)
-    embed_chunk = default_embed_chunk(device) if embed_chunk is None else embed_chunk
+    embed_chunk = resolve_embed_chunk(embed_chunk, device)
     check_variable(learners, dataset, shape=shape, episodes=episodes)
-    if isinstance(embed_chunk, bool) or not isinstance(embed_chunk, int) or embed_chunk < 1:
-        raise ValueError(f"embed_chunk must be an integer >= 1, got {embed_chunk!r}")
     data = dataset.to(device)
     sampler = VariableEpisodeSampler(data, shape=shape, seed=seed, num_episodes=episodes)
     shards = shards or OneProcess()

@@ -7,7 +7,8 @@ the learner during ``predict``), and on this torch the vmapped backward of affin
 ``F.layer_norm`` gives wrong meta-gradients (docs/ARCHITECTURE.md, "Known traps"). :class:`NormPolicy`
 intercepts those two functions while it is active and computes them from ``mean``/``var`` instead (or,
 outside vmap, with the fused kernels and the same policy), never reading or writing running statistics
-unless asked to read them (``stats="running"``).
+unless asked to read them (``stats="running"``). A task-by-task loop can often skip the mode:
+:func:`batch_stat_overrides` says when, and what to pass to :func:`torch.func.functional_call` instead.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["BatchMoments", "NormPolicy", "batch_norm", "eval_mode", "layer_norm"]
+__all__ = ["BatchMoments", "NormPolicy", "batch_norm", "batch_stat_overrides", "eval_mode", "layer_norm"]
+
+#: Modules of these packages make batch-norm calls only through torch's own batch-norm layers (for fewshot's
+#: backbones, tests/test_backbone_contract.py checks it on every one).
+KNOWN_NORMALISATION = ("torch.nn.", "fewshot.backbones.")
 
 
 def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *, eps: float,
@@ -128,6 +134,35 @@ class NormPolicy(TorchFunctionMode):
                 return F.layer_norm(x, shape, weight, bias, eps)
             return layer_norm(x, shape, weight, bias, eps=eps)
         return func(*args, **kwargs)
+
+
+def batch_stat_overrides(module: nn.Module) -> dict[str, None] | None:
+    """What to pass to :func:`torch.func.functional_call` (with the parameters) so that ``module`` in eval mode
+    normalises as under ``NormPolicy(stats="batch", primitives=False)`` without the torch-function mode, or None
+    where that is not known to hold.
+
+    Every batch-norm layer of ``module`` is a stock torch layer (a ``_BatchNorm`` running torch's own ``forward``,
+    e.g. ``nn.BatchNorm2d``): given no running statistics, such a layer normalises with its batch's statistics and
+    updates nothing, the policy's own ``F.batch_norm`` call, so values and gradients are identical. Every other
+    module's class comes from :data:`KNOWN_NORMALISATION`, whose classes make no batch-norm call of their own.
+    Anything else (a user's module, timm's ``BatchNormAct2d``, ``nn.SyncBatchNorm``) may call ``F.batch_norm``
+    itself with its running statistics, so the caller keeps the mode there. Layer, group and instance norm pass
+    through the policy unchanged outside ``primitives``, so they need nothing.
+
+    Returns:
+        ``{"<layer>.running_mean": None, "<layer>.running_var": None, ...}`` for the layers that hold them, or None.
+        (In eval mode a layer never touches ``num_batches_tracked``.)
+    """
+    overrides: dict[str, None] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _BatchNorm):
+            if type(m).forward is not _BatchNorm.forward:
+                return None
+            prefix = f"{name}." if name else ""
+            overrides |= {prefix + key: None for key in ("running_mean", "running_var") if getattr(m, key) is not None}
+        elif not type(m).__module__.startswith(KNOWN_NORMALISATION):
+            return None
+    return overrides
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from torch import nn
 
 from episodes import EpisodeBatch
 from fewshot.learners.base import MetaLearner
-from fewshot.learners.gradient.functional import NormPolicy, eval_mode
+from fewshot.learners.gradient.functional import NormPolicy, batch_stat_overrides, eval_mode
 from fewshot.learners.gradient.inner_loop import Params, adapt, map_tasks, resolve_batched
 
 __all__ = ["MAML"]
@@ -107,8 +107,13 @@ class MAML(MetaLearner):
     def _features(self, params: Params, x: torch.Tensor, *, primitives: bool,
                   stat_rows: int | None = None) -> torch.Tensor:
         """(N, C, H, W) -> (N, D) backbone features with ``params``, normalised per :class:`NormPolicy`
-        (``primitives`` is required under vmap)."""
+        (``primitives`` is required under vmap). Outside vmap, batch statistics of the whole batch need no
+        torch-function mode where the backbone's batch norm is stock (:func:`batch_stat_overrides`): that saves
+        the mode's Python dispatch of every torch call of the forward pass."""
         sub = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
+        overrides = None if primitives or stat_rows is not None else batch_stat_overrides(self.backbone)
+        if overrides is not None:
+            return torch.func.functional_call(self.backbone, sub | overrides, (x,))
         with NormPolicy(stats="batch", stat_rows=stat_rows, primitives=primitives):
             return torch.func.functional_call(self.backbone, sub, (x,))
 
