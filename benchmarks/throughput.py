@@ -25,9 +25,8 @@ rate measured at the start of the run.
 
 Allocator (``--allocator``): ``apps`` (the default) runs every process, each implementation's alike, with the glibc
 settings the command-line apps apply to themselves (:func:`fewshot.allocator.tune_allocator`); ``glibc`` leaves
-glibc's defaults. Under the defaults the same first-order MAML call measured 0.23-0.34 s from one fresh process to
-the next (a dynamic mmap threshold that settles differently in each process, 14-47 k page faults per call), which
-three rounds cannot average out; under the apps' settings 0.19-0.23 s, and every implementation runs faster.
+glibc's defaults, under which a fresh process's dynamic mmap threshold settles differently from run to run and every
+implementation runs slower (compare ``throughput_cpu.md`` with ``throughput_cpu_glibc.md``).
 
     PYTHONPATH=. python benchmarks/throughput.py --threads 2 --learn2learn-src <built tree> [--device cuda]
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch
-from fewshot.learners.gradient.functional import eval_mode
 from fewshot.learners.gradient.inner_loop import Params, adapt
 from fewshot.learners.gradient.maml import MAML, BNMode
 
@@ -242,7 +241,7 @@ class IMAML(MAML):
         theta, step_sizes = self._params(detach=True), self._step_sizes(detach=True)
         total = theta[self.adapted[0]].new_zeros(sum(theta[n].numel() for n in self.adapted))
         losses, all_logits, indefinite = [], [], 0
-        with eval_mode(self.backbone):
+        with self._batch_scope():
             for i in range(batch.n_tasks):
                 sx, sy = batch.support_x[i], batch.support_y[i]
                 phi, inner_losses = self._inner(theta, step_sizes, self.inner_steps, False, sx, sy,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -18,6 +20,7 @@ __all__ = ["MAML"]
 
 BNMode = Literal["transductive", "support"]
 InnerParams = Literal["all", "head", "body"]
+_UNSET = object()  # no batch scope open: _features finds the backbone's batch_stat_overrides itself
 
 
 class MAML(MetaLearner):
@@ -84,6 +87,7 @@ class MAML(MetaLearner):
         self.first_order, self.inner_params, self.bn_mode, self.batched = first_order, inner_params, bn_mode, batched
         self.adapted = [n for n, p in self.named_parameters() if p.requires_grad and (
             inner_params == "all" or n.startswith("head.") == (inner_params == "head"))]
+        self._scope_overrides: object = _UNSET
         self.inner_lrs: nn.ParameterList | None = None
         if learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
@@ -111,11 +115,26 @@ class MAML(MetaLearner):
         torch-function mode where the backbone's batch norm is stock (:func:`batch_stat_overrides`): that saves
         the mode's Python dispatch of every torch call of the forward pass."""
         sub = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
-        overrides = None if primitives or stat_rows is not None else batch_stat_overrides(self.backbone)
+        overrides = None
+        if not primitives and stat_rows is None:
+            overrides = (batch_stat_overrides(self.backbone) if self._scope_overrides is _UNSET
+                         else self._scope_overrides)
         if overrides is not None:
             return torch.func.functional_call(self.backbone, sub | overrides, (x,))
         with NormPolicy(stats="batch", stat_rows=stat_rows, primitives=primitives):
             return torch.func.functional_call(self.backbone, sub, (x,))
+
+    @contextmanager
+    def _batch_scope(self) -> Iterator[None]:
+        """The backbone in :func:`eval_mode` for the forward passes of one batch, and its
+        :func:`batch_stat_overrides` found once for all of them (walking the modules on every forward pass cost
+        2.6% of a first-order task on CPU)."""
+        with eval_mode(self.backbone):
+            self._scope_overrides = batch_stat_overrides(self.backbone)
+            try:
+                yield
+            finally:
+                self._scope_overrides = _UNSET
 
     @staticmethod
     def _head(params: Params, feats: torch.Tensor) -> torch.Tensor:
@@ -168,7 +187,7 @@ class MAML(MetaLearner):
         def task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self._task(params, step_sizes, steps, first_order, batched, sx, sy, qx)
 
-        with eval_mode(self.backbone):
+        with self._batch_scope():
             logits, losses = map_tasks(task, batch.support_x, batch.support_y, batch.query_x, batched=batched)
         self._check_finite(losses, logits)
         return logits
@@ -192,7 +211,7 @@ class MAML(MetaLearner):
         self._check_way(batch)
         params, step_sizes = self._params(detach=False), self._step_sizes(detach=False)
         total, all_logits = torch.zeros((), dtype=batch.query_x.dtype, device=batch.device), []
-        with eval_mode(self.backbone):
+        with self._batch_scope():
             for i in range(batch.n_tasks):
                 logits, losses = self._task(params, step_sizes, self.inner_steps, self.first_order, False,
                                             batch.support_x[i], batch.support_y[i], batch.query_x[i])

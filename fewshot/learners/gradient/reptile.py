@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeBatch
-from fewshot.learners.gradient.functional import eval_mode
 from fewshot.learners.gradient.inner_loop import (
     InnerOptimizer,
     Params,
@@ -114,7 +113,7 @@ class Reptile(MAML):
             logits = self._head(adapted, self._query_features(adapted, sx, qx, primitives=batched))
             return (logits, losses, *(adapted[n] for n in self.adapted))
 
-        with torch.enable_grad(), eval_mode(self.backbone):
+        with torch.enable_grad(), self._batch_scope():
             logits, losses, *reached = map_tasks(task, batch.support_x, batch.support_y, batch.query_x,
                                                  batched=batched)
         self._check_finite(losses, logits)
