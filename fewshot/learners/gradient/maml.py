@@ -20,7 +20,6 @@ __all__ = ["MAML"]
 
 BNMode = Literal["transductive", "support"]
 InnerParams = Literal["all", "head", "body"]
-_UNSET = object()  # no batch scope open: _features finds the backbone's batch_stat_overrides itself
 
 
 class MAML(MetaLearner):
@@ -87,7 +86,8 @@ class MAML(MetaLearner):
         self.first_order, self.inner_params, self.bn_mode, self.batched = first_order, inner_params, bn_mode, batched
         self.adapted = [n for n, p in self.named_parameters() if p.requires_grad and (
             inner_params == "all" or n.startswith("head.") == (inner_params == "head"))]
-        self._scope_overrides: object = _UNSET
+        # (a batch scope is open, the backbone's batch_stat_overrides found for it); plain values survive deepcopy
+        self._scope: tuple[bool, dict[str, None] | None] = (False, None)
         self.inner_lrs: nn.ParameterList | None = None
         if learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
@@ -117,8 +117,8 @@ class MAML(MetaLearner):
         sub = {n[len("backbone."):]: p for n, p in params.items() if n.startswith("backbone.")}
         overrides = None
         if not primitives and stat_rows is None:
-            overrides = (batch_stat_overrides(self.backbone) if self._scope_overrides is _UNSET
-                         else self._scope_overrides)
+            in_scope, found = self._scope
+            overrides = found if in_scope else batch_stat_overrides(self.backbone)
         if overrides is not None:
             return torch.func.functional_call(self.backbone, sub | overrides, (x,))
         with NormPolicy(stats="batch", stat_rows=stat_rows, primitives=primitives):
@@ -130,11 +130,11 @@ class MAML(MetaLearner):
         :func:`batch_stat_overrides` found once for all of them (walking the modules on every forward pass cost
         2.6% of a first-order task on CPU)."""
         with eval_mode(self.backbone):
-            self._scope_overrides = batch_stat_overrides(self.backbone)
+            self._scope = (True, batch_stat_overrides(self.backbone))
             try:
                 yield
             finally:
-                self._scope_overrides = _UNSET
+                self._scope = (False, None)
 
     @staticmethod
     def _head(params: Params, feats: torch.Tensor) -> torch.Tensor:
